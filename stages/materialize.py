@@ -1,0 +1,32 @@
+"""Stage `materialize`: turn a model source into a local safetensors folder, once.
+
+    memqa materialize --model gemma3-270m     # models.gemma3-270m.source from params.yaml
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from stages.models import materialize
+from stages.params import load_params, model_spec, require, write_json
+
+
+@click.command("materialize")
+@click.option("--model", "name", required=True, help="A key under `models` in params.yaml.")
+@click.option("--params", "params_file", default="params.yaml", show_default=True)
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), help="Default: data/models/<model>.")
+@click.option("--info", "info_path", type=click.Path(path_type=Path), help="Default: metrics/<model>/model.json.")
+def main(name: str, params_file: str, out_dir: Path | None, info_path: Path | None) -> None:
+    """Materialise models.<MODEL>.source (packaged GGUF, .gguf file, HF folder or Hub id) into a folder.
+
+    A GGUF is dequantised and saved as safetensors + tokenizer, so later stages load in seconds.
+    What was materialised (source, sha256, parameter count, dtype) goes to metrics/<model>/model.json.
+    """
+    spec = model_spec(load_params(params_file), name)
+    out_dir = out_dir or Path("data/models") / name
+    info = materialize(require(spec, "source", f"models.{name}"), out_dir, spec.get("dtype", "bfloat16"))
+    write_json(info_path or Path("metrics") / name / "model.json", info)
+    click.echo(f"materialize: {name} ({info['parameters']:,} parameters) in {info['wall_s']} s -> {out_dir}")
+    click.echo(json.dumps(info["provenance"]))

@@ -1,0 +1,17 @@
+"""Shared fixtures: the real EntityQuestions copy beside the checkout, and a tiny model built in-process."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+EQ_COPY = Path(os.environ.get("MEMQA_EQ_SOURCE") or REPO.parent / "shared" / "data" / "entityquestions")
+
+
+@pytest.fixture(scope="session")
+def eq_dir() -> Path:
+    if not (EQ_COPY / "train" / "P17.train.json").is_file():
+        pytest.skip(f"no EntityQuestions copy at {EQ_COPY}; set MEMQA_EQ_SOURCE")
+    return EQ_COPY

