@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from stages.params import MemqaError, write_json
+from stages.params import MemqaError
 
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
 PACKAGED_GGUF = {

@@ -17,7 +17,7 @@ PARAMS_FILE = "params.yaml"
 KNOWN_KEYS: dict[str, set[str]] = {
     "download": {"source", "per_relation", "seed"},
     "models": set(),  # free-form: model name -> {source, dtype}
-    "probe": {"method", "splits", "templates", "samples", "temperature", "max_new_tokens", "matcher",
+    "probe": {"method", "templates", "samples", "temperature", "max_new_tokens", "matcher",
               "level_bounds", "batch_size", "seed", "chunk_size", "save_completions", "crosscheck_facts",
               "dtype"},
     "split": {"levels", "sizes", "seeds", "short_pool"},

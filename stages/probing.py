@@ -1,0 +1,130 @@
+"""Memory scores and levels (Ye et al. 2024, multi-template complementation), sharded and resumable."""
+from __future__ import annotations
+
+import bisect
+import hashlib
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+from tqdm import tqdm
+
+from stages import generation
+from stages.matching import get_matcher
+from stages.params import MemqaError, write_jsonl
+from stages.templates import fill, templates_for
+
+METHODS = ("sample", "likelihood")
+GROUPS = ("train", "test_id", "test_ood")
+
+
+def probe_group(fact: dict) -> str | None:
+    """train = the in-domain train pool; test_id / test_ood = the test split by domain; dev is not probed."""
+    if fact["split"] == "train":
+        return "train" if fact["domain"] == "id" else None
+    if fact["split"] == "test":
+        return f"test_{fact['domain']}"
+    return None
+
+
+def memory_level(score: float, bounds: Sequence[float], resolution: float) -> int:
+    """0 when the score is below the protocol's resolution (R == 0 for sampling), else 1..len(bounds)+1.
+
+    bounds [0.25, 0.5, 0.75] give the paper's levels: 1 = (0, .25], 2 = (.25, .5], 3 = (.5, .75], 4 = (.75, 1].
+    """
+    if score < resolution:
+        return 0
+    return bisect.bisect_left(list(bounds), score) + 1
+
+
+def shard_plan(facts: list[dict], chunk_size: int) -> list[tuple[str, list[dict]]]:
+    """(shard name, facts) in a fixed order: per group and relation, chunk_size facts at a time."""
+    plan = []
+    for group in GROUPS:
+        by_relation: dict[str, list[dict]] = {}
+        for fact in facts:
+            if probe_group(fact) == group:
+                by_relation.setdefault(fact["relation"], []).append(fact)
+        for relation, rows in by_relation.items():
+            for start in range(0, len(rows), chunk_size):
+                plan.append((f"{group}-{relation}-{start // chunk_size:04d}", rows[start:start + chunk_size]))
+    return plan
+
+
+def fingerprint(conf: dict, model_dir: Path, facts_path: Path, templates_path: Path) -> str:
+    """Identifies a probe run's inputs; shards of another fingerprint are never mixed in."""
+    relevant = {k: v for k, v in conf.items() if k not in ("level_bounds", "crosscheck_facts")}
+    if float(conf["temperature"]) == 0:
+        relevant.pop("batch_size", None)  # greedy results do not depend on it
+    digest = hashlib.sha256(json.dumps(relevant, sort_keys=True).encode())
+    for path in (model_dir / "memqa_model.json", model_dir / "config.json", facts_path, templates_path):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def score_facts(model, tokenizer, facts: list[dict], conf: dict, method: str, seed: int) -> list[dict]:
+    """One row per fact: R, per-template results, and (sampling, when asked) the completions."""
+    n_templates, n_samples = int(conf["templates"]), int(conf["samples"])
+    temperature = float(conf["temperature"])
+    # prompts are laid out fact by fact, n_templates each
+    prompts = [fill(t, fact["subject"]) for fact in facts for t in templates_for(fact["relation"], n_templates)]
+    per_fact = len(prompts) // len(facts)
+    rows = []
+    if method == "sample":
+        matcher = get_matcher(conf["matcher"])
+        samples = 1 if temperature == 0 else n_samples
+        completions = generation.generate(model, tokenizer, prompts, max_new_tokens=int(conf["max_new_tokens"]),
+                                          num_samples=samples, temperature=temperature,
+                                          batch_size=int(conf["batch_size"]), seed=seed)
+        for f, fact in enumerate(facts):
+            mine = completions[f * per_fact:(f + 1) * per_fact]
+            correct = [sum(matcher(text, fact["answers"]) for text in texts) for texts in mine]
+            row = {"template_correct": correct, "score": sum(correct) / (len(correct) * samples)}
+            if conf.get("save_completions"):
+                row["completions"] = mine
+            rows.append(row)
+    elif method == "likelihood":
+        pairs = [(p, " " + answer) for p, prompt in enumerate(prompts) for answer in facts[p // per_fact]["answers"]]
+        logprobs = generation.continuation_logprobs(model, tokenizer, [prompts[p] for p, _ in pairs],
+                                                    [answer for _, answer in pairs], temperature=temperature,
+                                                    batch_size=int(conf["batch_size"]))
+        best = [0.0] * len(prompts)  # the best alias per prompt
+        for (p, _), logprob in zip(pairs, logprobs, strict=True):
+            best[p] = max(best[p], math.exp(logprob))
+        for f in range(len(facts)):
+            probs = [round(b, 6) for b in best[f * per_fact:(f + 1) * per_fact]]
+            rows.append({"template_prob": probs, "score": sum(probs) / len(probs)})
+    else:
+        raise MemqaError(f"unknown probe.method '{method}': use one of {', '.join(METHODS)}")
+    out = []
+    for fact, row in zip(facts, rows, strict=True):
+        out.append({"fact_id": fact["fact_id"], "group": probe_group(fact), "relation": fact["relation"],
+                    "subject": fact["subject"], "method": method, **row})
+    return out
+
+
+def _shard_seed(seed: int, name: str) -> int:
+    return int(hashlib.sha256(f"{seed}/{name}".encode()).hexdigest()[:8], 16)
+
+
+def probe_sharded(model, tokenizer, facts: list[dict], conf: dict, shard_dir: Path, method: str | None = None,
+                  desc: str = "probe") -> list[dict]:
+    """Score facts shard by shard; finished shards on disk are reused, so a killed run resumes."""
+    method = method or conf["method"]
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    plan = shard_plan(facts, int(conf["chunk_size"]))
+    total = sum(len(rows) for _, rows in plan)
+    done = sum(len(rows) for name, rows in plan if (shard_dir / f"{name}.jsonl").is_file())
+    results: list[dict] = []
+    with tqdm(total=total, initial=done, desc=desc, unit="fact", dynamic_ncols=True) as bar:
+        for name, rows in plan:
+            path = shard_dir / f"{name}.jsonl"
+            if not path.is_file():
+                scored = score_facts(model, tokenizer, rows, conf, method, _shard_seed(int(conf["seed"]), name))
+                write_jsonl(path, scored)
+                bar.update(len(rows))
+                bar.set_postfix_str(name)
+            with path.open() as handle:
+                results.extend(json.loads(line) for line in handle)
+    return results

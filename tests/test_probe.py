@@ -1,0 +1,134 @@
+import json
+
+import pytest
+import torch
+import yaml
+
+from stages import probing
+from stages.generation import generate
+from stages.matching import contains, normalize, token_sequence
+from stages.probe import add_levels, run_probe
+from stages.probing import memory_level, probe_sharded, score_facts
+from stages.templates import TEMPLATES_FILE, probe_templates
+from tests import tiny
+
+PROBE = {"method": "likelihood", "templates": 21, "samples": 10, "temperature": 0.7, "max_new_tokens": 8,
+         "matcher": "contains", "level_bounds": [0.25, 0.5, 0.75], "batch_size": 16, "chunk_size": 4, "seed": 0,
+         "dtype": "float32", "save_completions": False, "crosscheck_facts": 0}
+
+
+@pytest.fixture(scope="module")
+def taught(tmp_path_factory):
+    """A tiny model taught 6 facts often (all 21 templates), 6 rarely (2 templates), 6 never."""
+    facts = tiny.synthetic_facts(18)
+    often, rarely, never = facts[:6], facts[6:12], facts[12:]
+    texts = [s for f in often for s in tiny.statements(f, 21)] * 3 + [s for f in rarely for s in tiny.statements(f, 2)]
+    corpus = texts + [s for f in never for s in tiny.statements(f, 21)]
+    tokenizer = tiny.make_tokenizer(corpus)
+    model = tiny.make_model(tokenizer, hidden=96, layers=2)
+    tiny.teach(model, tokenizer, texts, steps=500)
+    path = tiny.save(model, tokenizer, tmp_path_factory.mktemp("tiny") / "model")
+    return path, often, rarely, never
+
+
+def test_probe_ranks_facts_by_how_often_they_were_taught(taught, tmp_path):
+    path, often, rarely, never = taught
+    facts = often + rarely + never
+    (tmp_path / "facts.jsonl").write_text("".join(json.dumps(f) + "\n" for f in facts))
+    for method in ("likelihood", "sample"):
+        conf = {**PROBE, "method": method, "samples": 3, "templates": 7}
+        run_probe("tiny", conf, tmp_path / "facts.jsonl", path, tmp_path / f"{method}.jsonl",
+                  tmp_path / f"{method}.json", tmp_path / "cache")
+        rows = {r["fact_id"]: r for r in map(json.loads, (tmp_path / f"{method}.jsonl").read_text().splitlines())}
+        mean = {name: sum(rows[f["fact_id"]]["score"] for f in group) / len(group)
+                for name, group in (("often", often), ("rarely", rarely), ("never", never))}
+        assert mean["often"] > 0.6 and mean["often"] > mean["rarely"] > mean["never"], (method, mean)
+        assert all(rows[f["fact_id"]]["level"] >= 3 for f in often), method
+        assert all(rows[f["fact_id"]]["level"] == 0 for f in never), method
+
+
+def test_greedy_probe_labels_do_not_depend_on_batch_size(taught):
+    path, often, rarely, never = taught
+    model, tokenizer = _load(path)
+    facts = often[:3] + rarely[:3] + never[:3]
+    conf = {**PROBE, "method": "sample", "temperature": 0.0, "templates": 5}
+    one = score_facts(model, tokenizer, facts, {**conf, "batch_size": 1}, "sample", seed=0)
+    many = score_facts(model, tokenizer, facts, {**conf, "batch_size": 7}, "sample", seed=0)
+    assert one == many
+    assert sum(r["score"] for r in one) > 0
+
+
+def test_sampling_is_reproducible_for_the_same_params(taught):
+    path, often, _, _ = taught
+    model, tokenizer = _load(path)
+    prompts = ["Kalomi was born in", "The birthplace of Kalomi is"]
+    first = generate(model, tokenizer, prompts, max_new_tokens=6, num_samples=4, temperature=1.0, seed=3)
+    again = generate(model, tokenizer, prompts, max_new_tokens=6, num_samples=4, temperature=1.0, seed=3)
+    other = generate(model, tokenizer, prompts, max_new_tokens=6, num_samples=4, temperature=1.0, seed=4)
+    assert first == again and first != other and all(len(s) == 4 for s in first)
+
+
+def test_killed_probe_resumes_to_the_uninterrupted_result(taught, tmp_path, monkeypatch):
+    path, often, rarely, never = taught
+    model, tokenizer = _load(path)
+    facts = often + rarely + never
+    conf = {**PROBE, "method": "sample", "samples": 2, "templates": 3, "chunk_size": 4}
+    whole = probe_sharded(model, tokenizer, facts, conf, tmp_path / "whole")
+    real, calls = probing.score_facts, []
+
+    def dies_on_third_shard(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(probing, "score_facts", dies_on_third_shard)
+    with pytest.raises(KeyboardInterrupt):
+        probe_sharded(model, tokenizer, facts, conf, tmp_path / "killed")
+    assert len(list((tmp_path / "killed").glob("*.jsonl"))) == 2
+    monkeypatch.setattr(probing, "score_facts", real)
+    assert probe_sharded(model, tokenizer, facts, conf, tmp_path / "killed") == whole
+
+
+@pytest.mark.parametrize(("score", "level"), [(0.0, 0), (0.004, 0), (1 / 210, 1), (0.25, 1), (0.2501, 2),
+                                              (0.5, 2), (0.75, 3), (0.76, 4), (1.0, 4)])
+def test_level_thresholds_follow_the_paper(score, level):
+    assert memory_level(score, [0.25, 0.5, 0.75], resolution=1 / 210) == level
+
+
+def test_likelihood_level_zero_is_below_sampling_resolution():
+    rows = [{"score": 0.004}, {"score": 0.005}]
+    add_levels(rows, {"templates": 21, "samples": 10, "level_bounds": [0.25, 0.5, 0.75]})
+    assert [r["level"] for r in rows] == [0, 1]
+
+
+def test_matcher_contains_is_substring_so_us_matches_ussr():
+    assert contains("He lived in the USSR.", ["US"])
+    assert not token_sequence("He lived in the USSR.", ["US"])
+    assert token_sequence("born in the U.S. in 1960", ["US", "U S"])
+
+
+def test_matcher_normalises_case_accents_punctuation_and_space():
+    assert normalize("  São-Paulo,\tBRAZIL ") == "sao paulo brazil"
+    assert token_sequence("was born in sao paulo!", ["São Paulo"])
+    assert contains("Born in  NEW   york city", ["New York"])
+    assert not contains("born in Paris", ["London"]) and not contains("anything", [""])
+
+
+def test_probe_templates_are_21_unique_per_relation_with_one_subject():
+    templates = probe_templates(TEMPLATES_FILE)
+    relations = yaml.safe_load((TEMPLATES_FILE.parent / "relations.yaml").read_text())
+    assert list(templates) == list(relations)
+    for relation, items in templates.items():
+        assert len(items) == 21 and len({" ".join(t.lower().split()) for t in items}) == 21, relation
+        for template in items:
+            assert template.count("{subject}") == 1 and template == template.strip(), template
+            assert not template.endswith("?")
+
+
+def _load(path):
+    from stages.models import load_model
+
+    model, tokenizer = load_model(path, "float32")
+    torch.manual_seed(0)
+    return model, tokenizer
