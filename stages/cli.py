@@ -5,7 +5,7 @@ import importlib
 
 import click
 
-STAGES = ("download", "materialize", "probe", "split", "sft", "evaluate", "plot", "report")
+STAGES = ("download", "materialize", "probe", "split", "sft", "evaluate", "summarize", "plot", "report")
 
 
 class LazyGroup(click.Group):

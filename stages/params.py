@@ -22,7 +22,7 @@ KNOWN_KEYS: dict[str, set[str]] = {
               "dtype"},
     "split": {"levels", "sizes", "seeds", "short_pool"},
     "sft": {"method", "lr", "lr_full", "epochs", "batch_size", "grad_accum", "warmup_ratio", "weight_decay",
-            "max_length", "lora_r", "lora_alpha", "lora_dropout", "compute_dtype", "log_every"},
+            "max_length", "lora_r", "lora_alpha", "lora_dropout", "compute_dtype"},
     "evaluate": {"max_new_tokens", "batch_size", "matcher"},
     "plot": {"dpi"},
     "report": {"reference"},
@@ -51,7 +51,7 @@ def load_params(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
         params = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise MemqaError(f"{path} is not valid YAML ({str(err).splitlines()[0]}): fix the syntax") from err
-    _check_keys(params, set(KNOWN_KEYS) | {"model_names"}, "")
+    _check_keys(params, set(KNOWN_KEYS), "")
     for section, allowed in KNOWN_KEYS.items():
         if section == "models":
             for name, spec in (params.get("models") or {}).items():
