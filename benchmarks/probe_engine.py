@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 import transformers
 
-from stages.data import build_facts
+from stages.data import build_facts, relation_ids
 from stages.generation import continuation_logprobs, generate
 from stages.matching import contains
 from stages.models import contiguous_lm_head, load_model, load_tokenizer
@@ -42,7 +42,7 @@ SHAPES = {  # hidden, layers, heads, intermediate, vocab
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
 parser.add_argument("--model-dir", default="data/models/gemma3-270m")
-parser.add_argument("--facts", type=int, default=6, help="facts per in-domain relation (train split)")
+parser.add_argument("--facts", type=int, default=6, help="in-domain train facts, round-robin over relations")
 parser.add_argument("--templates", type=int, default=5, help="templates per fact")
 parser.add_argument("--samples", type=int, default=10, help="completions per prompt")
 parser.add_argument("--temperature", type=float, default=0.7)
@@ -134,6 +134,7 @@ def log(message: str) -> None:
 
 # ---------------------------------------------------------------------------------------------- model and data
 torch.manual_seed(args.seed)
+load_start = os.getloadavg()[0]
 cuda = torch.cuda.is_available()
 if args.random_init_shape and not cuda and not args.force:
     sys.exit(f"--random-init-shape {args.random_init_shape} measures GPU tokens/s and TFLOP/s, and no CUDA device "
@@ -150,8 +151,12 @@ else:
 n_params = sum(p.numel() for p in model.parameters())
 log(f"model {model_name}: {n_params / 1e6:.0f}M parameters on {device}")
 
-facts = build_facts(Path(args.data_root), {"train": args.facts, "dev": 0, "test": 0}, seed=args.seed)
-facts = [f for f in facts if f["domain"] == "id"]
+# --facts in-domain train facts in all, spread round-robin over the in-domain relations
+relations = relation_ids("id")
+per_relation = -(-args.facts // len(relations))
+rows = build_facts(Path(args.data_root), {"train": per_relation, "dev": 0, "test": 0}, seed=args.seed)
+by_relation = [[f for f in rows if f["relation"] == rel] for rel in relations]
+facts = [f for k in range(per_relation) for group in by_relation for f in group[k:k + 1]][:args.facts]
 prompts, answers = [], []
 for fact in facts:
     for template in templates_for(fact["relation"], args.templates):
@@ -193,6 +198,7 @@ results = {
         "torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
         "device": str(device), "device_name": torch.cuda.get_device_name() if cuda else platform.processor() or "cpu",
         "cpu_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+        "load_average_1m": {"start": load_start, "end": os.getloadavg()[0]},  # > cpu_count: other jobs ran
         "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     },
     "n_parameters": n_params,
