@@ -1,0 +1,84 @@
+import csv
+import json
+import random
+
+import pytest
+import yaml
+
+from stages.plot import run_plot
+from stages.report import build_report, findings
+from stages.summarize import COLUMNS
+
+
+def _grid(tmp_path, models=("a", "b")):
+    """A synthetic grid with a built-in diagonal: training level i is best on test level i."""
+    rng = random.Random(0)
+    rows = []
+    for model in models:
+        for domain in ("id", "ood"):
+            rows.append({"model": model, "train_level": "base", "size": "0", "seed": "", "train_facts": 0,
+                         "domain": domain, **{f"L{t}": 5.0 * t for t in range(5)}})
+            for level in range(5):
+                for size in (60, 240):
+                    for seed in (0, 1):
+                        accs = {f"L{t}": 10 * t + (30 if t == level else 0) + 4 * seed + rng.random() for t in range(5)}
+                        rows.append({"model": model, "train_level": str(level), "size": str(size), "seed": str(seed),
+                                     "train_facts": size, "domain": domain, **accs})
+    for row in rows:
+        row["headline"] = sum(row[f"L{t}"] for t in range(5)) / 5
+        row["micro"] = row["headline"]
+    path = tmp_path / "grid.csv"
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def _scores(tmp_path, models=("a", "b")):
+    rng = random.Random(1)
+    for model in models:
+        rows = [{"fact_id": f"P17/train/{i}", "group": "train", "level": rng.randrange(5)} for i in range(40)]
+        (tmp_path / "probe" / model).mkdir(parents=True)
+        (tmp_path / "probe" / model / "scores.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return tmp_path / "probe"
+
+
+def test_plot_writes_every_figure_and_dvc_plot_data(tmp_path):
+    agreement = run_plot(["a", "b"], _grid(tmp_path), _scores(tmp_path), tmp_path / "plots", dpi=40)
+    for name in ("acc_vs_size-a.png", "acc_vs_size-b.png", "diagonal-a.png", "levels.png", "cross_model.png"):
+        assert (tmp_path / "plots" / "png" / name).stat().st_size > 1000, name
+    assert agreement["a~b"]["facts"] == 40 and -1 <= agreement["a~b"]["cohen_kappa"] <= 1
+    sizes = list(csv.DictReader((tmp_path / "plots" / "data" / "acc_vs_size.csv").open()))
+    assert {r["size"] for r in sizes} == {"60", "240"} and len(sizes) == 2 * 2 * 5 * 2
+    assert all(float(r["seed_std"]) > 0 for r in sizes)
+
+
+def test_findings_detect_a_built_in_diagonal(tmp_path):
+    from stages.plot import read_grid
+
+    lines = findings(read_grid(_grid(tmp_path)), ["a", "b"], [60, 240])
+    diagonal = [line for line in lines if "diagonal" in line]
+    assert diagonal and all("reproduced (10/10" in line for line in diagonal)
+    assert any("60 points suffice**: reproduced" in line for line in lines)
+
+
+def test_findings_say_not_tested_with_one_size(tmp_path):
+    from stages.plot import read_grid
+
+    lines = findings(read_grid(_grid(tmp_path)), ["a"], [60])
+    assert any("60 points suffice**: not tested" in line for line in lines)
+
+
+@pytest.mark.parametrize("model_count", [1, 2])
+def test_report_lists_deviations_grid_and_published_numbers(tmp_path, model_count):
+    from stages.plot import read_grid
+
+    models = ["a", "b"][:model_count]
+    params = yaml.safe_load(open("params.yaml"))
+    params["models"] = {m: {"source": "x"} for m in models}
+    reference = yaml.safe_load(open("stages/reference/published-results.yaml"))
+    text = build_report(params, read_grid(_grid(tmp_path, models)), tmp_path, tmp_path / "plots", reference)
+    assert "| `probe.method` | likelihood | sample |" in text
+    assert "| 2 | 57.5 | 53.7 |" in text  # published llama-3-8b train-2 headlines (id, ood), then ours
+    assert text.count("| a | 4 | 240 | 1 |") == 2
