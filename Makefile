@@ -11,7 +11,7 @@ MEMQA_EQ_SOURCE ?= $(if $(wildcard $(SHARED_EQ)),$(SHARED_EQ),)
 export MEMQA_EQ_SOURCE
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: setup repro test test-all lint bench
+.PHONY: setup repro test lint bench ci-diff ci-baseline pr-diff paper
 setup: $(VENV)/.installed
 
 # torch==2.13.0 goes in first: on a CPU machine here that is a local CPU wheel; anything else that
@@ -34,3 +34,18 @@ lint: setup
 
 bench: setup
 	$(PY) benchmarks/probe_engine.py
+
+# CI: rerun the tiny configuration through DVC and diff its metrics against ci/tiny/baseline.
+ci-diff: setup
+	ci/metrics_diff.sh
+
+ci-baseline: setup
+	ci/metrics_diff.sh --update
+
+# Markdown metrics diff of the workspace's experiment against main, for a pull request description.
+pr-diff: setup
+	dvc exp diff main --md > metrics-diff.md && cat metrics-diff.md
+
+# The paper's protocol (Ye et al. 2024) on the full data: needs a GPU; see README "Paper protocol".
+paper: setup
+	dvc exp run -n paper $(shell cat presets/paper.args)
