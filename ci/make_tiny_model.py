@@ -31,7 +31,7 @@ def main(out: Path) -> None:
     corpus = [s for f in facts for s in tiny.statements(f, 5)] + [qa_prompt(f["question"]) for f in facts]
     tokenizer = tiny.make_tokenizer(corpus, vocab_size=1500)
     model = tiny.make_model(tokenizer, hidden=64, layers=2)
-    tiny.teach(model, tokenizer, texts, steps=150, lr=5e-3)
+    tiny.teach(model, tokenizer, texts, steps=300, lr=5e-3)
     tiny.save(model, tokenizer, out)
     print(f"tiny model: {sum(p.numel() for p in model.parameters()):,} parameters, taught {len(taught)} facts -> {out}")
 
