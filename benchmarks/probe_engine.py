@@ -1,11 +1,13 @@
 """Benchmark the probe engine against the naive loop of public probing code, on the same facts and model.
 
     .venv/bin/python benchmarks/probe_engine.py                          # Gemma 3 270M, CPU or GPU
-    .venv/bin/python benchmarks/probe_engine.py --facts 4 --templates 4  # quicker
+    .venv/bin/python benchmarks/probe_engine.py --threads 1              # on a busy shared CPU machine
     .venv/bin/python benchmarks/probe_engine.py --random-init-shape llama-7b   # GPU only: tokens/s and TFLOP/s
 
 Measures, in one run:
-1. naive: one prompt at a time, `model.generate(do_sample=True, num_return_sequences=S)` as public code does
+1. naive: one prompt at a time, `model.generate(do_sample=True, num_return_sequences=S)` as public code does;
+   naive_per_completion: one call per completion (batch 1), the plainest public loop, timed on the first
+   --per-completion-prompts prompts (compared as a rate, completions/s);
    (note: HF's implicit top_k=50 applies there, our engine samples the untruncated tempered distribution);
 2. engine: `stages.generation.generate` (length-sorted left-padded batches, prompt cache shared by samples);
 3. likelihood: `stages.generation.continuation_logprobs` over (prompt, " " + alias) for every gold alias.
@@ -49,10 +51,14 @@ parser.add_argument("--temperature", type=float, default=0.7)
 parser.add_argument("--max-new-tokens", type=int, default=32)
 parser.add_argument("--batch-size", type=int, default=64, help="engine rows per batch (prompts x samples)")
 parser.add_argument("--seed", type=int, default=0)
-parser.add_argument("--data-root", default="/work/shared/data/entityquestions")
+parser.add_argument("--threads", type=int, default=0,
+                    help="torch CPU threads (0: torch's default); 1 on a busy shared machine, where spinning threads "
+                         "that wait for a descheduled one make small ops (the naive loop) ~10x slower")
+parser.add_argument("--data-root", default=os.environ.get("MEMQA_EQ_SOURCE", "../shared/data/entityquestions"))
 parser.add_argument("--random-init-shape", choices=sorted(SHAPES), default=None)
 parser.add_argument("--peak-tflops", type=float, default=989.0, help="accelerator bf16 dense peak (H100 SXM: 989)")
-parser.add_argument("--skip-naive", action="store_true", help="skip the (slow) naive loop")
+parser.add_argument("--skip-naive", action="store_true", help="skip the (slow) naive loops")
+parser.add_argument("--per-completion-prompts", type=int, default=3, help="prompts timed in the batch-1 loop")
 parser.add_argument("--force", action="store_true", help="allow --random-init-shape without CUDA")
 parser.add_argument("--out", default=None, help="default: benchmarks/results/probe_engine-<model>.json")
 args = parser.parse_args()
@@ -113,6 +119,22 @@ def naive_generate(model, tokenizer, prompts: list[str], *, samples: int, temper
     return outputs
 
 
+def naive_per_completion(model, tokenizer, prompts: list[str], *, samples: int, temperature: float,
+                         max_new_tokens: int) -> list[list[str]]:
+    """The plainest public loop: one generate call per completion."""
+    outputs = []
+    for prompt in prompts:
+        inputs = tokenizer(prompt, return_tensors="pt").to(model.device)
+        texts = []
+        for _ in range(samples):
+            with torch.no_grad():
+                out = model.generate(**inputs, do_sample=True, temperature=temperature,
+                                     max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id)
+            texts.append(tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
+        outputs.append(texts)
+    return outputs
+
+
 def share_correct(completions: list[list[str]], answers: list[list[str]]) -> float:
     """Mean over prompts of the share of its completions that contain a gold alias."""
     pairs = zip(completions, answers, strict=True)
@@ -134,6 +156,8 @@ def log(message: str) -> None:
 
 # ---------------------------------------------------------------------------------------------- model and data
 torch.manual_seed(args.seed)
+if args.threads:
+    torch.set_num_threads(args.threads)
 load_start = os.getloadavg()[0]
 cuda = torch.cuda.is_available()
 if args.random_init_shape and not cuda and not args.force:
@@ -181,6 +205,12 @@ if not args.skip_naive:
     torch.manual_seed(args.seed)
     naive, naive_s = timed(lambda: naive_generate(model, tokenizer, prompts, samples=S, temperature=T,
                                                   max_new_tokens=M), device)
+per_completion_s = None
+if not args.skip_naive:
+    log("naive loop, one call per completion ...")
+    subset = prompts[:args.per_completion_prompts]
+    _, per_completion_s = timed(lambda: naive_per_completion(model, tokenizer, subset, samples=S, temperature=T,
+                                                              max_new_tokens=M), device)
 log("engine ...")
 ours, engine_s = timed(lambda: generate(model, tokenizer, prompts, **engine), device)
 log("likelihood ...")
@@ -207,12 +237,18 @@ results = {
         "seconds": naive_s, "completions_per_s": n_completions / naive_s,
         "note": "HF generate with its implicit top_k=50",
     },
+    "naive_per_completion": None if per_completion_s is None else {
+        "seconds": per_completion_s, "completions": args.per_completion_prompts * S,
+        "completions_per_s": args.per_completion_prompts * S / per_completion_s,
+    },
     "engine": {"seconds": engine_s, "completions_per_s": n_completions / engine_s},
     "likelihood": {
         "seconds": likelihood_s, "prompts_per_s": n_prompts / likelihood_s,
         "alias_pairs_per_s": len(pair_prompts) / likelihood_s,
     },
     "engine_over_naive": None if naive is None else naive_s / engine_s,
+    "engine_over_naive_per_completion": None if per_completion_s is None else
+    (n_completions / engine_s) / (args.per_completion_prompts * S / per_completion_s),
     "sampling_over_likelihood": (engine_s / n_prompts) / (likelihood_s / n_prompts),
 }
 if args.random_init_shape:  # no EOS: every completion is exactly M tokens
@@ -251,7 +287,11 @@ r = results["likelihood"]
 acc = f"{r['mean_p_sample_starts_with_alias']:.3f} (P starts with alias)" if not args.random_init_shape else "-"
 print(f"| likelihood | {likelihood_s:.1f} | {r['prompts_per_s']:.1f} prompts/s | - | - | {acc} |")
 if naive is not None:
-    print(f"\nengine / naive: {results['engine_over_naive']:.1f}x completions/s")
+    r = results["naive_per_completion"]
+    print(f"| naive, one call per completion | {r['seconds']:.1f} | {r['completions_per_s']:.1f} completions/s "
+          f"({r['completions']} completions) | - | - | - |")
+    print(f"\nengine / naive (samples batched per prompt): {results['engine_over_naive']:.1f}x completions/s")
+    print(f"engine / naive (one call per completion): {results['engine_over_naive_per_completion']:.1f}x")
 print(f"sampling {S} completions (engine) / one likelihood pass, per fact-template: "
       f"{results['sampling_over_likelihood']:.1f}x the seconds")
 print(f"\nwrote {out}")

@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from stages import data
-from stages.params import MemqaError, load_params, require, section, write_json, write_jsonl
+from stages.params import MemqaError, load_params, params_option, require, section, write_json, write_jsonl
 
 
 def run_download(source: str, per_relation: dict, seed: int, raw_dir: Path, facts_path: Path,
@@ -39,7 +39,7 @@ def run_download(source: str, per_relation: dict, seed: int, raw_dir: Path, fact
 
 
 @click.command("download")
-@click.option("--params", "params_file", default="params.yaml", show_default=True, help="Params file.")
+@params_option
 @click.option("--raw-dir", default="data/raw/entityquestions", show_default=True, type=click.Path(path_type=Path))
 @click.option("--out", "facts_path", default="data/facts.jsonl", show_default=True, type=click.Path(path_type=Path))
 @click.option("--meta", "meta_path", default="metrics/download.json", show_default=True,

@@ -12,7 +12,16 @@ import click
 
 from stages.generation import generate
 from stages.matching import get_matcher
-from stages.params import MemqaError, load_params, read_jsonl, section, write_json, write_jsonl
+from stages.params import (
+    MemqaError,
+    load_params,
+    model_option,
+    params_option,
+    read_jsonl,
+    section,
+    write_json,
+    write_jsonl,
+)
 from stages.sft import cell_name
 from stages.templates import qa_prompt
 
@@ -77,12 +86,12 @@ def train_info(trained_dir: Path | None) -> dict:
 
 
 @click.command("evaluate")
-@click.option("--model", "model_name", required=True, help="A key under `models` in params.yaml.")
+@model_option
 @click.option("--base", is_flag=True, help="Evaluate the untrained base model (the 0-data baseline).")
 @click.option("--level", type=int)
 @click.option("--size")
 @click.option("--seed", type=int)
-@click.option("--params", "params_file", default="params.yaml", show_default=True)
+@params_option
 def main(model_name: str, base: bool, level: int | None, size: str | None, seed: int | None,
          params_file: str) -> None:
     """Greedy QA (evaluate.max_new_tokens) on the in-domain and out-of-domain test sets, judged by

@@ -10,20 +10,21 @@ from pathlib import Path
 import click
 
 from stages.models import materialize
-from stages.params import load_params, model_spec, require, write_json
+from stages.params import load_params, model_option, model_spec, params_option, require, write_json
 
 
 @click.command("materialize")
-@click.option("--model", "name", required=True, help="A key under `models` in params.yaml.")
-@click.option("--params", "params_file", default="params.yaml", show_default=True)
+@model_option
+@params_option
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), help="Default: data/models/<model>.")
 @click.option("--info", "info_path", type=click.Path(path_type=Path), help="Default: metrics/<model>/model.json.")
-def main(name: str, params_file: str, out_dir: Path | None, info_path: Path | None) -> None:
+def main(model_name: str, params_file: str, out_dir: Path | None, info_path: Path | None) -> None:
     """Materialise models.<MODEL>.source (packaged GGUF, .gguf file, HF folder or Hub id) into a folder.
 
     A GGUF is dequantised and saved as safetensors + tokenizer, so later stages load in seconds.
     What was materialised (source, sha256, parameter count, dtype) goes to metrics/<model>/model.json.
     """
+    name = model_name
     spec = model_spec(load_params(params_file), name)
     out_dir = out_dir or Path("data/models") / name
     info = materialize(require(spec, "source", f"models.{name}"), out_dir, spec.get("dtype", "bfloat16"))

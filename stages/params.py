@@ -30,6 +30,11 @@ KNOWN_KEYS: dict[str, set[str]] = {
 MODEL_KEYS = {"source", "dtype", "file"}
 
 
+model_option = click.option("--model", "model_name", required=True, help="A key under `models` in params.yaml.")
+params_option = click.option("--params", "params_file", default=PARAMS_FILE, show_default=True,
+                             help="The params file.")
+
+
 class MemqaError(click.ClickException):
     """A user-facing failure: printed as one line naming the fix, exit code 1."""
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import click
 
-from stages.params import atomic_write_text, load_params, read_jsonl, section, write_json
+from stages.params import atomic_write_text, load_params, params_option, read_jsonl, section, write_json
 
 LEVELS = range(5)
 DOMAINS = {"id": "in-domain", "ood": "out-of-domain"}
@@ -200,7 +200,7 @@ def run_plot(models: list[str], grid_path: Path, probe_root: Path, out: Path, dp
 
 
 @click.command("plot")
-@click.option("--params", "params_file", default="params.yaml", show_default=True)
+@params_option
 @click.option("--out", "out_dir", default="plots", show_default=True, type=click.Path(path_type=Path))
 def main(params_file: str, out_dir: Path) -> None:
     """Draw accuracy vs size, the train x test level heat map, level distributions and cross-model agreement."""

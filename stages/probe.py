@@ -15,7 +15,16 @@ from pathlib import Path
 import click
 
 from stages.models import load_model
-from stages.params import MemqaError, load_params, read_jsonl, section, write_json, write_jsonl
+from stages.params import (
+    MemqaError,
+    load_params,
+    model_option,
+    params_option,
+    read_jsonl,
+    section,
+    write_json,
+    write_jsonl,
+)
 from stages.probing import GROUPS, METHODS, fingerprint, memory_level, probe_group, probe_sharded
 from stages.templates import TEMPLATES_FILE
 
@@ -84,8 +93,8 @@ def run_probe(model_name: str, conf: dict, facts_path: Path, model_dir: Path, ou
 
 
 @click.command("probe")
-@click.option("--model", "model_name", required=True, help="A key under `models` in params.yaml.")
-@click.option("--params", "params_file", default="params.yaml", show_default=True)
+@model_option
+@params_option
 @click.option("--facts", "facts_path", default="data/facts.jsonl", show_default=True, type=click.Path(path_type=Path))
 @click.option("--cache", "cache_root", default="data/cache/probe", show_default=True, type=click.Path(path_type=Path))
 def main(model_name: str, params_file: str, facts_path: Path, cache_root: Path) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 import yaml
 
-from stages.params import atomic_write_text, load_params, section
+from stages.params import atomic_write_text, load_params, params_option, section
 from stages.plot import read_grid
 
 PAPER = {  # the paper's protocol, for listing this run's deviations
@@ -189,7 +189,7 @@ def build_report(params: dict, rows: list[dict], metrics_root: Path, plots_dir: 
 
 
 @click.command("report")
-@click.option("--params", "params_file", default="params.yaml", show_default=True)
+@params_option
 @click.option("--out", "out_path", default="REPORT.md", show_default=True, type=click.Path(path_type=Path))
 def main(params_file: str, out_path: Path) -> None:
     """Write REPORT.md: run description, level distributions, grid, figures, published side-by-side, findings."""

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from stages.params import load_params, read_jsonl, section, write_json
+from stages.params import load_params, model_option, params_option, read_jsonl, section, write_json
 from stages.split import size_label, train_set_path
 
 
@@ -48,11 +48,11 @@ def run_sft(model_name: str, level: int, size, seed: int, conf: dict, model_dir:
 
 
 @click.command("sft")
-@click.option("--model", "model_name", required=True, help="A key under `models` in params.yaml.")
+@model_option
 @click.option("--level", type=int, required=True, help="Memory level of the training facts (0-4).")
 @click.option("--size", required=True, help="Training-set size (a number or 'all').")
 @click.option("--seed", type=int, required=True)
-@click.option("--params", "params_file", default="params.yaml", show_default=True)
+@params_option
 def main(model_name: str, level: int, size: str, seed: int, params_file: str) -> None:
     """Fine-tune on data/splits/<model>/train-L<level>-n<size>-s<seed>.jsonl in the paper's QA format.
 

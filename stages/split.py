@@ -11,7 +11,16 @@ from pathlib import Path
 import click
 
 from stages.data import relation_ids
-from stages.params import MemqaError, load_params, read_jsonl, section, write_json, write_jsonl
+from stages.params import (
+    MemqaError,
+    load_params,
+    model_option,
+    params_option,
+    read_jsonl,
+    section,
+    write_json,
+    write_jsonl,
+)
 
 SHORT_POOL = ("use", "skip")
 
@@ -93,8 +102,8 @@ def run_split(conf: dict, facts_path: Path, scores_path: Path, out_dir: Path, me
 
 
 @click.command("split")
-@click.option("--model", "model_name", required=True, help="A key under `models` in params.yaml.")
-@click.option("--params", "params_file", default="params.yaml", show_default=True)
+@model_option
+@params_option
 @click.option("--facts", "facts_path", default="data/facts.jsonl", show_default=True, type=click.Path(path_type=Path))
 def main(model_name: str, params_file: str, facts_path: Path) -> None:
     """Build one training set per (level, size, seed) from split.levels/sizes/seeds, balanced over the 10

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from stages.params import atomic_write_text, load_params, section, write_json
+from stages.params import atomic_write_text, load_params, params_option, section, write_json
 
 CELL = re.compile(r"^L(?P<level>\d+)-n(?P<size>\w+)-s(?P<seed>\d+)$")
 COLUMNS = ["model", "train_level", "size", "seed", "train_facts", "domain", "headline", "micro",
@@ -46,7 +46,7 @@ def summary(rows: list[dict]) -> dict:
 
 
 @click.command("summarize")
-@click.option("--params", "params_file", default="params.yaml", show_default=True)
+@params_option
 @click.option("--metrics-root", default="metrics", show_default=True, type=click.Path(path_type=Path))
 def main(params_file: str, metrics_root: Path) -> None:
     """Collect every evaluated cell into metrics/grid.csv (all levels) and metrics/summary.json (headlines)."""

@@ -15,5 +15,5 @@ def test_missing_input_is_one_line_naming_the_fix(tmp_path, monkeypatch):
     (tmp_path / "params.yaml").write_text("split: {levels: [0], sizes: [60], seeds: [0], short_pool: use}\n")
     result = CliRunner().invoke(main, ["split", "--model", "m"])
     assert result.exit_code == 1
-    assert result.output.strip().splitlines() == ["Error: data/facts.jsonl not found: run the stage that makes it first "
-                                                  "(dvc repro)"]
+    expected = "Error: data/facts.jsonl not found: run the stage that makes it first (dvc repro)"
+    assert result.output.strip().splitlines() == [expected]
