@@ -70,7 +70,7 @@ def plot_acc_vs_size(plt, rows: list[dict], model: str, out: Path, dpi: int) -> 
         ax.set_xlabel("training facts (log scale)")
         ax.set_title(f"{title} test")
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("headline accuracy (%; mean of 5 test levels)")
+    axes[0].set_ylabel("headline accuracy (%; mean over test levels present)")
     axes[1].legend(fontsize=8)
     fig.suptitle(f"{model}: QA accuracy vs SFT data size, by memory level of the training data")
     fig.tight_layout()

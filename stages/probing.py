@@ -57,8 +57,10 @@ def fingerprint(conf: dict, model_dir: Path, facts_path: Path, templates_path: P
     relevant = {k: v for k, v in conf.items() if k not in ("level_bounds", "crosscheck_facts")}
     if float(conf["temperature"]) == 0:
         relevant.pop("batch_size", None)  # greedy results do not depend on it
-    digest = hashlib.sha256(json.dumps(relevant, sort_keys=True).encode())
-    for path in (model_dir / "memqa_model.json", model_dir / "config.json", facts_path, templates_path):
+    model_info = json.loads((model_dir / "memqa_model.json").read_text())
+    model_info.pop("wall_s", None)  # re-materialising the same source must not invalidate finished shards
+    digest = hashlib.sha256(json.dumps([relevant, model_info], sort_keys=True).encode())
+    for path in (model_dir / "config.json", facts_path, templates_path):
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
 

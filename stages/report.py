@@ -146,7 +146,9 @@ def build_report(params: dict, rows: list[dict], metrics_root: Path, plots_dir: 
                        f"same level for {100 * agreement['same_level']:.1f}% of {agreement['facts']} facts.")
         out += ["", f"![cross-model]({plots_dir}/png/cross_model.png)", ""]
     out += ["## Results grid", "", "Accuracy (%) per test level and headline (mean of the levels present); "
-            "`-` = no test fact of that level in the subsample.", "",
+            "`-` = no test fact of that level in the subsample. The headline weighs every present level equally, "
+            "so a level holding one or two test facts (see the level counts above) swings it by tens of points; "
+            "micro accuracy is the steadier number on a small subsample.", "",
             "| model | train level | size | seed | train facts | domain | L0 | L1 | L2 | L3 | L4 | headline | micro |",
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:

@@ -132,3 +132,15 @@ def _load(path):
     model, tokenizer = load_model(path, "float32")
     torch.manual_seed(0)
     return model, tokenizer
+
+
+def test_probe_fingerprint_ignores_materialisation_time_but_not_params(taught, tmp_path):
+    path, *_ = taught
+    facts, templates = tmp_path / "facts.jsonl", tmp_path / "templates.yaml"
+    facts.write_text("{}\n")
+    templates.write_text("P19: []\n")
+    first = probing.fingerprint(PROBE, path, facts, templates)
+    info = json.loads((path / "memqa_model.json").read_text())
+    (path / "memqa_model.json").write_text(json.dumps({**info, "wall_s": 99.0}))
+    assert probing.fingerprint(PROBE, path, facts, templates) == first
+    assert probing.fingerprint({**PROBE, "samples": 5}, path, facts, templates) != first
