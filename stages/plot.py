@@ -31,6 +31,8 @@ def read_grid(path: Path) -> list[dict]:
     for row in rows:
         for key in ("headline", "micro", *(f"L{lv}" for lv in LEVELS)):
             row[key] = float(row[key]) if row[key] not in ("", None) else None
+        for lv in LEVELS:
+            row[f"n_L{lv}"] = int(row.get(f"n_L{lv}") or 0)
     return rows
 
 

@@ -16,7 +16,7 @@ from stages.params import atomic_write_text, load_params, params_option, section
 
 CELL = re.compile(r"^L(?P<level>\d+)-n(?P<size>\w+)-s(?P<seed>\d+)$")
 COLUMNS = ["model", "train_level", "size", "seed", "train_facts", "domain", "headline", "micro",
-           "L0", "L1", "L2", "L3", "L4"]
+           "L0", "L1", "L2", "L3", "L4", "n_L0", "n_L1", "n_L2", "n_L3", "n_L4"]
 
 
 def grid_rows(metrics_root: Path, models: list[str]) -> list[dict]:
@@ -32,7 +32,8 @@ def grid_rows(metrics_root: Path, models: list[str]) -> list[dict]:
                 continue
             for domain in ("id", "ood"):
                 rows.append({"model": model, **cell, "train_facts": metrics.get("train_facts", 0), "domain": domain,
-                             **{k: metrics[domain].get(k) for k in COLUMNS[6:]}})
+                             **{k: metrics[domain].get(k) for k in COLUMNS[6:13]},
+                             **{f"n_L{lv}": n for lv, n in enumerate(metrics[domain]["n"])}})
     return rows
 
 

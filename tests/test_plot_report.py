@@ -17,13 +17,15 @@ def _grid(tmp_path, models=("a", "b")):
     for model in models:
         for domain in ("id", "ood"):
             rows.append({"model": model, "train_level": "base", "size": "0", "seed": "", "train_facts": 0,
-                         "domain": domain, **{f"L{t}": 5.0 * t for t in range(5)}})
+                         "domain": domain, **{f"L{t}": 5.0 * t for t in range(5)},
+                         **{f"n_L{t}": 50 for t in range(5)}})
             for level in range(5):
                 for size in (60, 240):
                     for seed in (0, 1):
                         accs = {f"L{t}": 10 * t + (30 if t == level else 0) + 4 * seed + rng.random() for t in range(5)}
                         rows.append({"model": model, "train_level": str(level), "size": str(size), "seed": str(seed),
-                                     "train_facts": size, "domain": domain, **accs})
+                                     "train_facts": size, "domain": domain, **accs,
+                                     **{f"n_L{t}": 50 for t in range(5)}})
     for row in rows:
         row["headline"] = sum(row[f"L{t}"] for t in range(5)) / 5
         row["micro"] = row["headline"]
@@ -60,6 +62,7 @@ def test_findings_detect_a_built_in_diagonal(tmp_path):
     lines = findings(read_grid(_grid(tmp_path)), ["a", "b"], [60, 240])
     diagonal = [line for line in lines if "diagonal" in line]
     assert diagonal and all("reproduced (10/10" in line for line in diagonal)
+    assert any("higher-memory test facts**: reproduced" in line for line in lines)
     assert any("60 points suffice**: reproduced" in line for line in lines)
 
 
@@ -82,3 +85,13 @@ def test_report_lists_deviations_grid_and_published_numbers(tmp_path, model_coun
     assert "| `probe.method` | likelihood | sample |" in text
     assert "| 2 | 57.5 | 53.7 |" in text  # published llama-3-8b train-2 headlines (id, ood), then ours
     assert text.count("| a | 4 | 240 | 1 |") == 2
+
+
+def test_findings_ignore_test_levels_with_too_few_facts(tmp_path):
+    from stages.plot import read_grid
+
+    rows = read_grid(_grid(tmp_path, ["a"]))
+    for row in rows:
+        row["n_L4"] = 1  # level 4 holds one test fact: it must not vote
+    diagonal = [line for line in findings(rows, ["a"], [60, 240]) if "diagonal" in line]
+    assert "(8/8 test-level" in diagonal[0]
