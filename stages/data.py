@@ -61,7 +61,12 @@ def expected_sha256() -> dict[str, str]:
 
 
 def sha256_of(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    """Streamed, so a multi-GB model file is hashed without loading it."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _locate_files(root: Path) -> dict[str, Path]:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from stages.data import sha256_of
 from stages.params import MemqaError
 
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
@@ -85,7 +86,7 @@ def materialize(source: str, out_dir: Path, dtype: str = "bfloat16") -> dict:
             model.hf_quantizer = None
             if hasattr(model.config, "quantization_config"):
                 del model.config.quantization_config
-            provenance["sha256"] = _sha256(Path(location) / gguf_file)
+            provenance["sha256"] = sha256_of(Path(location) / gguf_file)
         staging = out_dir.with_name(out_dir.name + ".partial")
         shutil.rmtree(staging, ignore_errors=True)
         model.save_pretrained(staging)
@@ -97,22 +98,13 @@ def materialize(source: str, out_dir: Path, dtype: str = "bfloat16") -> dict:
         "parameters": sum(p.numel() for p in model.parameters()),
         "dtype": dtype,
         "vocab_size": model.config.vocab_size,
-        "wall_s": round(time.time() - started, 1),
     }
+    # No timing in the folder: re-materialising the same source must leave it byte-identical, so that
+    # DVC does not rerun every downstream stage.
     (staging / "memqa_model.json").write_text(json.dumps(info, indent=2) + "\n")
     shutil.rmtree(out_dir, ignore_errors=True)
     staging.rename(out_dir)
-    return info
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return {**info, "wall_s": round(time.time() - started, 1)}
 
 
 def choose_pad_token(tokenizer) -> None:

@@ -44,10 +44,6 @@ def write_csv(path: Path, rows: list[dict], fields: list[str]) -> None:
     atomic_write_text(path, buffer.getvalue())
 
 
-def size_value(size: str, pool_sizes: dict) -> float:
-    return float(size) if size != "all" else float(pool_sizes.get(size, 0) or 0)
-
-
 def plot_acc_vs_size(plt, rows: list[dict], model: str, out: Path, dpi: int) -> list[dict]:
     """Headline accuracy vs training size, one line per training level, seed spread as error bars."""
     data = []
