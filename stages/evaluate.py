@@ -22,7 +22,7 @@ from stages.params import (
     write_json,
     write_jsonl,
 )
-from stages.sft import cell_name
+from stages.split import cell_name
 from stages.templates import qa_prompt
 
 N_LEVELS = 5

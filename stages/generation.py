@@ -48,7 +48,8 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, n
     """
     device = next(model.parameters()).device
     encoded = _encode(tokenizer, prompts)
-    stop = torch.tensor(_stop_ids(model, tokenizer), device=device)
+    stop_ids = _stop_ids(model, tokenizer)
+    stop = torch.tensor(stop_ids, device=device)
     generator = torch.Generator(device=device).manual_seed(seed)
     outputs: list[list[str]] = [[] for _ in prompts]
     per_batch = max(1, batch_size // num_samples) if num_samples > 1 else batch_size
@@ -81,7 +82,7 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, n
             cache, logits = out.past_key_values, out.logits[:, -1]
         generated = torch.stack(tokens, dim=1).tolist()
         for row, token_ids in enumerate(generated):
-            cut = next((k for k, t in enumerate(token_ids) if t in stop.tolist()), len(token_ids))
+            cut = next((k for k, t in enumerate(token_ids) if t in stop_ids), len(token_ids))
             text = tokenizer.decode(token_ids[:cut], skip_special_tokens=True)
             outputs[batch[row // num_samples]].append(text)
         if progress is not None:

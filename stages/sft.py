@@ -11,11 +11,7 @@ from pathlib import Path
 import click
 
 from stages.params import load_params, model_option, params_option, read_jsonl, section, write_json
-from stages.split import size_label, train_set_path
-
-
-def cell_name(level: int, size, seed: int) -> str:
-    return f"L{level}-n{size_label(size)}-s{seed}"
+from stages.split import cell_name, train_set_path
 
 
 def run_sft(model_name: str, level: int, size, seed: int, conf: dict, model_dir: Path, splits_root: Path,

@@ -53,8 +53,13 @@ def size_label(size) -> str:
     return "all" if size in (None, "all") else str(int(size))
 
 
+def cell_name(level: int, size, seed: int) -> str:
+    """The grid cell's name, shared by split, sft, evaluate and summarize: L<level>-n<size>-s<seed>."""
+    return f"L{level}-n{size_label(size)}-s{seed}"
+
+
 def train_set_path(root: Path, level: int, size, seed: int) -> Path:
-    return root / f"train-L{level}-n{size_label(size)}-s{seed}.jsonl"
+    return root / f"train-{cell_name(level, size, seed)}.jsonl"
 
 
 def run_split(conf: dict, facts_path: Path, scores_path: Path, out_dir: Path, metrics_path: Path) -> dict:

@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from stages.params import atomic_write_text, load_params, params_option, section, write_json
+from stages.split import cell_name
 
 CELL = re.compile(r"^L(?P<level>\d+)-n(?P<size>\w+)-s(?P<seed>\d+)$")
 COLUMNS = ["model", "train_level", "size", "seed", "train_facts", "domain", "headline", "micro",
@@ -41,7 +42,7 @@ def summary(rows: list[dict]) -> dict:
     """Headline accuracies keyed model -> cell -> domain: what `dvc exp show` and `metrics diff` compare."""
     out: dict = {}
     for row in rows:
-        cell = "base" if row["train_level"] == "base" else f"L{row['train_level']}-n{row['size']}-s{row['seed']}"
+        cell = "base" if row["train_level"] == "base" else cell_name(row["train_level"], row["size"], row["seed"])
         out.setdefault(row["model"], {}).setdefault(cell, {})[row["domain"]] = row["headline"]
     return out
 
