@@ -16,10 +16,11 @@ import torch
 from scipy.stats import spearmanr
 from sklearn.metrics import cohen_kappa_score
 
-from stages.models import load_model
-from stages.params import load_params, read_jsonl
-from stages.probe import add_levels
-from stages.probing import score_facts
+from memqa.config import load_params
+from memqa.io import read_jsonl
+from memqa.memory import add_levels
+from memqa.models import load_model
+from memqa.probing import score_facts
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
 parser.add_argument("--model", default="gemma3-270m")

@@ -9,8 +9,8 @@ Measures, in one run:
    naive_per_completion: one call per completion (batch 1), the plainest public loop, timed on the first
    --per-completion-prompts prompts (compared as a rate, completions/s);
    (note: HF's implicit top_k=50 applies there, our engine samples the untruncated tempered distribution);
-2. engine: `stages.generation.generate` (length-sorted left-padded batches, prompt cache shared by samples);
-3. likelihood: `stages.generation.continuation_logprobs` over (prompt, " " + alias) for every gold alias.
+2. engine: `memqa.engine.generate` (length-sorted left-padded batches, prompt cache shared by samples);
+3. likelihood: `memqa.engine.continuation_logprobs` over (prompt, " " + alias) for every gold alias.
 With --random-init-shape the model is a random-init Llama of that shape with EOS disabled, so every completion
 is exactly --max-new-tokens long and tokens/s is exact; the tokenizer (from --model-dir) has its ids folded
 into the smaller vocabulary. Writes benchmarks/results/probe_engine-<model>.json and prints a markdown table.
@@ -30,11 +30,11 @@ from pathlib import Path
 import torch
 import transformers
 
-from stages.data import build_facts, relation_ids
-from stages.generation import continuation_logprobs, generate
-from stages.matching import contains
-from stages.models import contiguous_lm_head, load_model, load_tokenizer
-from stages.templates import fill, templates_for
+from memqa.engine import continuation_logprobs, generate
+from memqa.eq import build_facts, relation_ids
+from memqa.matching import contains
+from memqa.models import contiguous_lm_head, load_model, load_tokenizer
+from memqa.prompts import fill, templates_for
 
 SHAPES = {  # hidden, layers, heads, intermediate, vocab
     "llama-7b": (4096, 32, 32, 11008, 32000),

@@ -14,9 +14,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from stages.data import build_facts  # noqa: E402
-from stages.params import load_params  # noqa: E402
-from stages.templates import qa_prompt  # noqa: E402
+from memqa.config import load_params  # noqa: E402
+from memqa.eq import build_facts  # noqa: E402
+from memqa.prompts import qa_prompt  # noqa: E402
 from tests import tiny  # noqa: E402
 
 

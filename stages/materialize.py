@@ -1,6 +1,6 @@
 """Stage `materialize`: turn a model source into a local safetensors folder, once.
 
-    memqa materialize --model gemma3-270m     # models.gemma3-270m.source from params.yaml
+    python stages/materialize.py --model gemma3-270m     # models.gemma3-270m.source from params.yaml
 """
 from __future__ import annotations
 
@@ -9,8 +9,11 @@ from pathlib import Path
 
 import click
 
-from stages.models import materialize
-from stages.params import load_params, model_option, model_spec, params_option, require, write_json
+from memqa import paths
+from memqa.config import load_params, model_spec, require
+from memqa.io import write_json
+from memqa.models import materialize
+from memqa.options import model_option, params_option
 
 
 @click.command("materialize")
@@ -26,8 +29,12 @@ def main(model_name: str, params_file: str, out_dir: Path | None, info_path: Pat
     """
     name = model_name
     spec = model_spec(load_params(params_file), name)
-    out_dir = out_dir or Path("data/models") / name
+    out_dir = out_dir or paths.model_dir(name)
     info = materialize(require(spec, "source", f"models.{name}"), out_dir, spec.get("dtype", "bfloat16"))
-    write_json(info_path or Path("metrics") / name / "model.json", info)
+    write_json(info_path or paths.model_info(name), info)
     click.echo(f"materialize: {name} ({info['parameters']:,} parameters) in {info['wall_s']} s -> {out_dir}")
     click.echo(json.dumps(info["provenance"]))
+
+
+if __name__ == "__main__":
+    main()

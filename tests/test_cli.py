@@ -1,7 +1,7 @@
 import pytest
 from click.testing import CliRunner
 
-from stages.cli import STAGES, main
+from memqa.cli import STAGES, main
 
 
 @pytest.mark.parametrize("stage", STAGES)

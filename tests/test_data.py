@@ -1,13 +1,11 @@
-import json
 import shutil
 import zipfile
 from pathlib import Path
 
 import pytest
 
-from stages import data
-from stages.download import run_download
-from stages.params import MemqaError
+from memqa import eq as data
+from memqa.errors import MemqaError
 
 
 def test_every_real_question_yields_its_subject(eq_dir):
@@ -72,11 +70,9 @@ def test_download_from_official_zip_layout(eq_dir, tmp_path):
     with zipfile.ZipFile(archive, "w") as zipped:
         for path in eq_dir.glob("*/P*.json"):
             zipped.write(path, f"dataset/{path.parent.name}/{path.name}")
-    meta = run_download(str(archive), {"train": 5, "dev": 0, "test": 2}, 0, tmp_path / "raw",
-                        tmp_path / "facts.jsonl", tmp_path / "meta.json")
+    rows, meta = data.download(str(archive), {"train": 5, "dev": 0, "test": 2}, 0, tmp_path / "raw")
     assert meta["files_verified"] == 72
-    assert meta["facts"] == 24 * 7
-    rows = [json.loads(line) for line in (tmp_path / "facts.jsonl").read_text().splitlines()]
+    assert meta["facts"] == 24 * 7 == len(rows)
     assert {row["split"] for row in rows} == {"train", "test"}
 
 

@@ -22,7 +22,8 @@ def make_project(tmp_path: Path, params_update: dict) -> Path:
     project.mkdir()
     for name in ("dvc.yaml", "params.yaml"):
         shutil.copy(REPO / name, project / name)
-    shutil.copytree(REPO / "stages", project / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    for folder in ("stages", "memqa"):
+        shutil.copytree(REPO / folder, project / folder, ignore=shutil.ignore_patterns("__pycache__"))
     params = yaml.safe_load((project / "params.yaml").read_text())
     for key, value in params_update.items():
         params[key] = value

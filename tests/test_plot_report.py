@@ -5,9 +5,11 @@ import random
 import pytest
 import yaml
 
-from stages.plot import run_plot
-from stages.report import build_report, findings
-from stages.summarize import COLUMNS
+from memqa.grid import columns, read_grid
+from memqa.plots import run_plot
+from memqa.report import build_report, findings
+
+COLUMNS = columns(5)
 
 
 def _grid(tmp_path, models=("a", "b")):
@@ -47,7 +49,7 @@ def _scores(tmp_path, models=("a", "b")):
 
 
 def test_plot_writes_every_figure_and_dvc_plot_data(tmp_path):
-    agreement = run_plot(["a", "b"], _grid(tmp_path), _scores(tmp_path), tmp_path / "plots", dpi=40)
+    agreement = run_plot(["a", "b"], _grid(tmp_path), _scores(tmp_path), tmp_path / "plots", dpi=40, levels=range(5))
     for name in ("acc_vs_size-a.png", "acc_vs_size-b.png", "diagonal-a.png", "levels.png", "cross_model.png"):
         assert (tmp_path / "plots" / "png" / name).stat().st_size > 1000, name
     assert agreement["a~b"]["facts"] == 40 and -1 <= agreement["a~b"]["cohen_kappa"] <= 1
@@ -57,8 +59,6 @@ def test_plot_writes_every_figure_and_dvc_plot_data(tmp_path):
 
 
 def test_findings_detect_a_built_in_diagonal(tmp_path):
-    from stages.plot import read_grid
-
     lines = findings(read_grid(_grid(tmp_path)), ["a", "b"], [60, 240])
     diagonal = [line for line in lines if "diagonal" in line]
     assert diagonal and all("reproduced (10/10" in line for line in diagonal)
@@ -67,20 +67,16 @@ def test_findings_detect_a_built_in_diagonal(tmp_path):
 
 
 def test_findings_say_not_tested_with_one_size(tmp_path):
-    from stages.plot import read_grid
-
     lines = findings(read_grid(_grid(tmp_path)), ["a"], [60])
     assert any("60 points suffice**: not tested" in line for line in lines)
 
 
 @pytest.mark.parametrize("model_count", [1, 2])
 def test_report_lists_deviations_grid_and_published_numbers(tmp_path, model_count):
-    from stages.plot import read_grid
-
     models = ["a", "b"][:model_count]
     params = yaml.safe_load(open("params.yaml"))
     params["models"] = {m: {"source": "x"} for m in models}
-    reference = yaml.safe_load(open("stages/reference/published-results.yaml"))
+    reference = yaml.safe_load(open("memqa/resources/published-results.yaml"))
     text = build_report(params, read_grid(_grid(tmp_path, models)), tmp_path, tmp_path / "plots", reference)
     assert "| `probe.method` | likelihood | sample |" in text
     assert "| 2 | 57.5 | 53.7 |" in text  # published llama-3-8b train-2 headlines (id, ood), then ours
@@ -88,8 +84,6 @@ def test_report_lists_deviations_grid_and_published_numbers(tmp_path, model_coun
 
 
 def test_findings_ignore_test_levels_with_too_few_facts(tmp_path):
-    from stages.plot import read_grid
-
     rows = read_grid(_grid(tmp_path, ["a"]))
     for row in rows:
         row["n_L4"] = 1  # level 4 holds one test fact: it must not vote

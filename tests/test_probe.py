@@ -4,12 +4,13 @@ import pytest
 import torch
 import yaml
 
-from stages import probing
-from stages.generation import generate
-from stages.matching import contains, normalize, token_sequence
-from stages.probe import add_levels, run_probe
-from stages.probing import memory_level, probe_sharded, score_facts
-from stages.templates import TEMPLATES_FILE, probe_templates
+from memqa import probing
+from memqa.engine import generate
+from memqa.matching import contains, normalize, token_sequence
+from memqa.memory import add_levels, memory_level
+from memqa.paths import RELATIONS_FILE, TEMPLATES_FILE
+from memqa.probing import probe_sharded, run_probe, score_facts
+from memqa.prompts import probe_templates
 from tests import tiny
 
 PROBE = {"method": "likelihood", "templates": 21, "samples": 10, "temperature": 0.7, "max_new_tokens": 8,
@@ -37,9 +38,8 @@ def test_probe_ranks_facts_by_how_often_they_were_taught(taught, tmp_path):
     (tmp_path / "facts.jsonl").write_text("".join(json.dumps(f) + "\n" for f in facts))
     for method in ("likelihood", "sample"):
         conf = {**PROBE, "method": method, "samples": 3, "templates": 7}
-        run_probe("tiny", conf, tmp_path / "facts.jsonl", path, tmp_path / f"{method}.jsonl",
-                  tmp_path / f"{method}.json", tmp_path / "cache")
-        rows = {r["fact_id"]: r for r in map(json.loads, (tmp_path / f"{method}.jsonl").read_text().splitlines())}
+        scored, _ = run_probe("tiny", conf, facts, path, tmp_path / "cache", TEMPLATES_FILE, tmp_path / "facts.jsonl")
+        rows = {r["fact_id"]: r for r in scored}
         mean = {name: sum(rows[f["fact_id"]]["score"] for f in group) / len(group)
                 for name, group in (("often", often), ("rarely", rarely), ("never", never))}
         assert mean["often"] > 0.6 and mean["often"] > mean["rarely"] > mean["never"], (method, mean)
@@ -117,7 +117,7 @@ def test_matcher_normalises_case_accents_punctuation_and_space():
 
 def test_probe_templates_are_21_unique_per_relation_with_one_subject():
     templates = probe_templates(TEMPLATES_FILE)
-    relations = yaml.safe_load((TEMPLATES_FILE.parent / "relations.yaml").read_text())
+    relations = yaml.safe_load(RELATIONS_FILE.read_text())
     assert list(templates) == list(relations)
     for relation, items in templates.items():
         assert len(items) == 21 and len({" ".join(t.lower().split()) for t in items}) == 21, relation
@@ -127,7 +127,7 @@ def test_probe_templates_are_21_unique_per_relation_with_one_subject():
 
 
 def _load(path):
-    from stages.models import load_model
+    from memqa.models import load_model
 
     model, tokenizer = load_model(path, "float32")
     torch.manual_seed(0)

@@ -1,13 +1,11 @@
-import json
-
 import pytest
 import yaml
 
-from stages.evaluate import accuracy_metrics, run_evaluate
-from stages.params import read_jsonl, write_jsonl
-from stages.sft import run_sft
-from stages.templates import qa_prompt
-from stages.training import qa_example
+from memqa.accuracy import accuracy_metrics
+from memqa.evaluation import evaluate_cell
+from memqa.io import read_jsonl, write_jsonl
+from memqa.prompts import qa_prompt
+from memqa.training import fine_tune, qa_example
 from tests import tiny
 
 SFT = {"method": "full", "lr": 1e-2, "lr_full": 3e-3, "epochs": 30, "batch_size": 8, "grad_accum": 1,
@@ -38,7 +36,7 @@ def world(tmp_path_factory):
 
 def test_completion_only_masking_ignores_prompt_tokens(world):
     _, model_dir, taught, _ = world
-    from stages.models import load_tokenizer
+    from memqa.models import load_tokenizer
 
     tokenizer = load_tokenizer(model_dir)
     example = qa_example(tokenizer, taught[0]["question"], taught[0]["answers"][0], max_length=64)
@@ -50,56 +48,60 @@ def test_completion_only_masking_ignores_prompt_tokens(world):
     assert answer.strip() == taught[0]["answers"][0]
 
 
-def _evaluate(root, model_dir, cell, method):
-    params = {"evaluate": EVAL, "sft": {**SFT, "method": method}}
-    return run_evaluate("tiny", cell, params, model_dir, root / "splits", root / "sft", root / "eval", root / "metrics")
+def _sft(root, model_dir, conf, sft_root):
+    facts = read_jsonl(root / "splits" / "tiny" / "train-L4-n8-s0.jsonl")
+    return fine_tune(facts, conf, 0, model_dir, sft_root / "L4-n8-s0", sft_root / "L4-n8-s0.csv")
 
 
-def _accuracy(root, cell, facts):
-    preds = {p["fact_id"]: p for p in read_jsonl(root / "eval" / "tiny" / f"{cell}.jsonl")}
+def _evaluate(root, model_dir, cell, method, sft_root=None):
+    facts = [f for d in ("id", "ood") for f in read_jsonl(root / "splits" / "tiny" / f"test_{d}.jsonl")]
+    trained = None if cell is None else (sft_root or root / "sft") / cell
+    predictions, metrics = evaluate_cell(facts, trained, model_dir, EVAL, {**SFT, "method": method}, 5)
+    write_jsonl(root / "eval" / f"{cell or 'base'}-{method}.jsonl", predictions)
+    return metrics
+
+
+def _accuracy(root, cell, method, facts):
+    preds = {p["fact_id"]: p for p in read_jsonl(root / "eval" / f"{cell}-{method}.jsonl")}
     return sum(preds[f["fact_id"]]["correct"] for f in facts) / len(facts)
 
 
 def test_sft_on_qa_pairs_raises_accuracy_on_taught_facts_not_on_untaught(world):
     root, model_dir, taught, never = world
     _evaluate(root, model_dir, None, "full")
-    info = run_sft("tiny", 4, 8, 0, SFT, model_dir, root / "splits", root / "sft", root / "metrics")
+    info = _sft(root, model_dir, SFT, root / "sft")
     assert info["steps"] == 30 and info["final_loss"] < 0.5
     _evaluate(root, model_dir, "L4-n8-s0", "full")
-    base = _accuracy(root, "base", taught[:8])
-    tuned = _accuracy(root, "L4-n8-s0", taught[:8])
+    base = _accuracy(root, "base", "full", taught[:8])
+    tuned = _accuracy(root, "L4-n8-s0", "full", taught[:8])
     assert tuned >= base + 0.5, (base, tuned)
-    assert _accuracy(root, "L4-n8-s0", never) <= 0.125
+    assert _accuracy(root, "L4-n8-s0", "full", never) <= 0.125
 
 
 @pytest.mark.parametrize("method", ["qlora", "lora"])
 def test_adapter_methods_train_save_and_reload_for_eval(world, method):
     root, model_dir, _, _ = world
     conf = {**SFT, "method": method, "epochs": 1, "compute_dtype": "float32", "lr": 1e-3}
-    info = run_sft("tiny", 4, 8, 0, conf, model_dir, root / "splits", root / f"sft-{method}", root / f"m-{method}")
+    info = _sft(root, model_dir, conf, root / f"sft-{method}")
     assert info["steps"] == 1 and info["method"] == method and info["trainable_parameters"] > 0
-    assert (root / f"sft-{method}" / "tiny" / "L4-n8-s0" / "adapter_model.safetensors").is_file()
-    log = (root / f"m-{method}" / "sft" / "tiny" / "L4-n8-s0.csv").read_text().splitlines()
+    assert (root / f"sft-{method}" / "L4-n8-s0" / "adapter_model.safetensors").is_file()
+    log = (root / f"sft-{method}" / "L4-n8-s0.csv").read_text().splitlines()
     assert log[0] == "step,loss,lr" and len(log) == 2
-    params = {"evaluate": EVAL, "sft": conf}
-    metrics = run_evaluate("tiny", "L4-n8-s0", params, model_dir, root / "splits", root / f"sft-{method}",
-                           root / f"eval-{method}", root / f"m-{method}")
+    metrics = _evaluate(root, model_dir, "L4-n8-s0", method, root / f"sft-{method}")
     assert metrics["id"]["n"] == [8, 0, 0, 0, 16]
 
 
 def test_evaluate_metrics_are_recomputable_from_saved_predictions(world):
     root, model_dir, _, _ = world
     metrics = _evaluate(root, model_dir, None, "full")
-    saved = read_jsonl(root / "eval" / "tiny" / "base.jsonl")
-    assert {k: v for k, v in metrics.items() if k in ("id", "ood")} == accuracy_metrics(saved)
-    on_disk = json.loads((root / "metrics" / "eval" / "tiny" / "base.json").read_text())
-    assert on_disk == metrics
+    saved = read_jsonl(root / "eval" / "base-full.jsonl")
+    assert {k: v for k, v in metrics.items() if k in ("id", "ood")} == accuracy_metrics(saved, 5)
 
 
 def test_headline_is_the_unweighted_mean_of_level_accuracies():
     preds = [{"domain": "id", "level": 0, "correct": False}] * 9 + [{"domain": "id", "level": 0, "correct": True}]
     preds += [{"domain": "id", "level": 4, "correct": True}]
-    metrics = accuracy_metrics(preds)["id"]
+    metrics = accuracy_metrics(preds, 5)["id"]
     assert metrics["L0"] == 10.0 and metrics["L4"] == 100.0
     assert metrics["headline"] == 55.0 and metrics["micro"] == round(100 * 2 / 11, 2)
     assert metrics["levels_missing"] == [1, 2, 3]

@@ -11,7 +11,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from stages.templates import fill, templates_for
+from memqa.prompts import fill, templates_for
 
 SPECIALS = ["<pad>", "<unk>", "<bos>", "<eos>", "<|question|>", "<|answer|>"]
 

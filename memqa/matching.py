@@ -5,6 +5,8 @@ import re
 import unicodedata
 from collections.abc import Callable, Sequence
 
+from memqa.errors import MemqaError
+
 _NON_WORD = re.compile(r"[\W_]+", re.UNICODE)
 
 
@@ -38,8 +40,6 @@ MATCHERS: dict[str, Callable[[str, Sequence[str]], bool]] = {
 
 
 def get_matcher(name: str) -> Callable[[str, Sequence[str]], bool]:
-    from stages.params import MemqaError
-
     if name not in MATCHERS:
         raise MemqaError(f"unknown matcher '{name}': use one of {', '.join(MATCHERS)}")
     return MATCHERS[name]

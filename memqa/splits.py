@@ -1,0 +1,79 @@
+"""Level-divided training sets (level x size x seed, balanced over relations) and level-labelled test sets."""
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+
+from memqa.eq import relation_ids
+from memqa.errors import MemqaError
+from memqa.memory import GROUPS, n_levels
+from memqa.paths import cell_name, size_label
+
+SHORT_POOL = ("use", "skip")
+
+
+def balanced_sample(pool: list[dict], n: int | None, seed: int) -> list[dict]:
+    """n facts spread evenly over relations (n/R each); where a relation runs short the others fill in.
+
+    n None takes the whole pool. Deterministic for a seed; order shuffled so SFT batches mix relations.
+    """
+    rng = random.Random(seed)
+    by_relation: dict[str, list[dict]] = defaultdict(list)
+    for fact in pool:
+        by_relation[fact["relation"]].append(fact)
+    for rows in by_relation.values():
+        rng.shuffle(rows)
+    chosen: list[dict] = []
+    target = len(pool) if n is None else min(n, len(pool))
+    relations = sorted(by_relation, key=lambda r: (relation_ids().index(r) if r in relation_ids() else 99, r))
+    depth = 0
+    while len(chosen) < target:  # round-robin: one fact per relation per round
+        for relation in relations:
+            if depth < len(by_relation[relation]) and len(chosen) < target:
+                chosen.append(by_relation[relation][depth])
+        depth += 1
+    rng.shuffle(chosen)
+    return chosen
+
+
+def build_splits(conf: dict, facts: list[dict], scores: list[dict], bounds: list[float],
+                 scores_path: str = "scores") -> tuple[dict[str, list[dict]], dict[str, list[dict]], dict]:
+    """(training sets by cell name, test sets by group, metrics) from the facts and this model's probe scores."""
+    if conf.get("short_pool", "use") not in SHORT_POOL:
+        raise MemqaError(f"split.short_pool must be one of {', '.join(SHORT_POOL)}, not {conf['short_pool']!r}")
+    by_id = {f["fact_id"]: f for f in facts}
+    missing = [s["fact_id"] for s in scores if s["fact_id"] not in by_id]
+    if missing:
+        raise MemqaError(f"{scores_path} scores facts absent from the facts table (e.g. {missing[0]}): rerun probe")
+    rows = [{**by_id[s["fact_id"]], "group": s["group"], "score": s["score"], "level": s["level"]} for s in scores]
+    groups = {g: [r for r in rows if r["group"] == g] for g in GROUPS}
+    train_sets, cells = {}, []
+    for level in conf["levels"]:
+        pool = [r for r in groups["train"] if r["level"] == level]
+        for size in conf["sizes"]:
+            for seed in conf["seeds"]:
+                wanted = None if size_label(size) == "all" else int(size)
+                short = wanted is not None and len(pool) < wanted
+                skipped = (short and conf.get("short_pool", "use") == "skip") or not pool
+                chosen = [] if skipped else balanced_sample(pool, wanted, int(seed))
+                train_sets[cell_name(level, size, seed)] = chosen
+                per_relation = defaultdict(int)
+                for r in chosen:
+                    per_relation[r["relation"]] += 1
+                cells.append({"level": level, "size": size_label(size), "seed": seed, "pool": len(pool),
+                              "requested": wanted if wanted is not None else len(pool), "actual": len(chosen),
+                              "shortfall": max(0, (wanted or 0) - len(chosen)), "skipped": skipped,
+                              "per_relation": dict(per_relation)})
+    relations = sorted({r["relation"] for r in rows}, key=lambda r: (len(r), r))
+    metrics = {
+        "level_counts": {g: [sum(r["level"] == lv for r in rs) for lv in range(n_levels(bounds))]
+                         for g, rs in groups.items()},
+        "mean_score_by_relation": {
+            rel: round(sum(r["score"] for r in rows if r["relation"] == rel) /
+                       sum(r["relation"] == rel for r in rows), 4) for rel in relations},
+        "cells_short": sum(c["shortfall"] > 0 for c in cells),
+        "cells_skipped": sum(c["skipped"] for c in cells),
+        "cells": cells,
+    }
+    tests = {g.removeprefix("test_"): groups[g] for g in GROUPS if g != "train"}
+    return train_sets, tests, metrics
