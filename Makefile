@@ -46,6 +46,6 @@ ci-baseline: setup
 pr-diff: setup
 	dvc exp diff main --md > metrics-diff.md && cat metrics-diff.md
 
-# The paper's protocol (Ye et al. 2024) on the full data: needs a GPU; see README "Paper protocol".
+# The paper's protocol (Ye et al. 2024) on the full data: needs a GPU; see README "Defaults here vs the paper's protocol".
 paper: setup
 	dvc exp run -n paper $(shell cat presets/paper.args)

@@ -1,43 +1,196 @@
-"""params.yaml: loading, with typo detection (an unknown key names the key you meant)."""
+"""params.yaml: one schema per section, checked in full before any stage does work.
+
+Every problem is one line naming the key and the fix: an unknown key (a typo names the key you meant), a
+missing key, a wrong type (`split.sizes: "60"`), a value out of range or not among the allowed ones. The
+stages read the validated params as plain dicts, defaults filled in.
+"""
 from __future__ import annotations
 
 import difflib
+import re
+from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from memqa.errors import MemqaError
+from memqa.paths import TEMPLATES_FILE
 
 PARAMS_FILE = "params.yaml"
-
-# The knobs each section may hold. Values live in params.yaml only; this is for catching typos.
-KNOWN_KEYS: dict[str, set[str]] = {
-    "download": {"source", "per_relation", "seed"},
-    "models": set(),  # free-form: model name -> {source, dtype}
-    "probe": {"method", "templates", "samples", "temperature", "max_new_tokens", "matcher",
-              "level_bounds", "batch_size", "seed", "chunk_size", "save_completions", "crosscheck_facts",
-              "dtype"},
-    "split": {"levels", "sizes", "seeds", "short_pool"},
-    "sft": {"method", "lr", "lr_full", "epochs", "batch_size", "grad_accum", "warmup_ratio", "weight_decay",
-            "max_length", "lora_r", "lora_alpha", "lora_dropout", "compute_dtype"},
-    "evaluate": {"max_new_tokens", "batch_size", "matcher"},
-    "plot": {"dpi"},
-    "report": {"reference"},
-}
-MODEL_KEYS = {"source", "dtype", "file"}
+DTYPE = Literal["bfloat16", "float32", "float16"]
+MATCHER = Literal["contains", "token_sequence"]
+_UNION_TAG = re.compile(r"constrained-\w+|literal\[.*\]|function-\w+\[.*\]|int|float|str|bool|none")
+_FLOAT_TEXT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
 
-def _check_keys(found: dict, allowed: set[str], where: str) -> None:
-    for key in found:
-        if key not in allowed:
-            hint = difflib.get_close_matches(key, sorted(allowed), n=1)
-            fix = f"did you mean '{hint[0]}'?" if hint else f"allowed: {', '.join(sorted(allowed))}"
-            raise MemqaError(f"unknown key '{where}{key}' in {PARAMS_FILE}: {fix}")
+def _yaml_float(value: Any) -> Any:
+    """PyYAML reads `1e-5` (no dot) as a string, YAML 1.2 (DVC's `-S`) as a number: accept both spellings."""
+    return float(value) if isinstance(value, str) and _FLOAT_TEXT.match(value.strip()) else value
+
+
+Float = Annotated[float, BeforeValidator(_yaml_float)]
+Count = Annotated[int, Field(ge=1)]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class PerRelation(Section):
+    train: Annotated[int, Field(ge=0)] | None
+    dev: Annotated[int, Field(ge=0)] | None
+    test: Annotated[int, Field(ge=0)] | None
+
+
+class Download(Section):
+    source: str
+    per_relation: PerRelation
+    seed: int = 0
+    paper_pools: bool = True  # single-answer facts, one per question text per pool: the paper's 75,944/9,555/11,613
+
+
+class ModelSpec(Section):
+    source: str
+    dtype: DTYPE = "bfloat16"
+    revision: str | None = None  # Hub models: a branch, tag or commit; the resolved commit is recorded
+    file: str | None = None
+
+
+class Probe(Section):
+    method: Literal["sample", "likelihood"]
+    templates: Count
+    samples: Count
+    temperature: Annotated[Float, Field(ge=0)]
+    max_new_tokens: Count
+    matcher: MATCHER
+    level_bounds: list[Float]
+    batch_size: Count
+    chunk_size: Count
+    seed: int
+    dtype: DTYPE = "bfloat16"
+    save_completions: bool = False
+    crosscheck_facts: Annotated[int, Field(ge=0)] = 0
+
+    @field_validator("level_bounds")
+    @classmethod
+    def _sorted_bounds(cls, bounds: list[float]) -> list[float]:
+        if not bounds or any(not 0 < b < 1 for b in bounds) or bounds != sorted(set(bounds)):
+            raise ValueError("must be strictly increasing numbers between 0 and 1, e.g. [0.25, 0.5, 0.75]")
+        return bounds
+
+    @field_validator("templates")
+    @classmethod
+    def _templates_exist(cls, templates: int) -> int:
+        if templates > max_templates():
+            raise ValueError(f"the templates file has {max_templates()} per relation")
+        return templates
+
+
+class Split(Section):
+    levels: list[Annotated[int, Field(ge=0)]] = Field(min_length=1)
+    sizes: list[Count | Literal["all"]] = Field(min_length=1)
+    seeds: list[int] = Field(min_length=1)
+    short_pool: Literal["use", "skip"] = "use"
+    drop_test_overlap: bool = True  # a training set never holds a question that is also a test question
+
+
+class Sft(Section):
+    method: Literal["qlora", "lora", "full"]
+    lr: Annotated[Float, Field(gt=0)]
+    lr_full: Annotated[Float, Field(gt=0)]
+    epochs: Count
+    batch_size: Count
+    grad_accum: Count = 1
+    warmup_ratio: Annotated[Float, Field(ge=0, le=1)] = 0.0
+    weight_decay: Annotated[Float, Field(ge=0)] = 0.0
+    max_length: Annotated[int, Field(ge=8)]
+    lora_r: Count = 16
+    lora_alpha: Count = 32
+    lora_dropout: Annotated[Float, Field(ge=0, lt=1)] = 0.05
+    compute_dtype: Literal["auto", "bfloat16", "float32", "float16"] = "auto"
+    deterministic: bool = True  # torch deterministic algorithms: identical reruns on one machine
+
+
+class Evaluate(Section):
+    max_new_tokens: Count
+    batch_size: Count
+    matcher: MATCHER
+
+
+class Plot(Section):
+    dpi: Count = 120
+
+
+class Report(Section):
+    reference: str
+
+
+class Params(Section):
+    download: Download
+    models: dict[str, ModelSpec] = Field(min_length=1)
+    probe: Probe
+    split: Split
+    sft: Sft
+    evaluate: Evaluate
+    plot: Plot = Plot()
+    report: Report
+
+    @model_validator(mode="after")
+    def _levels_exist(self) -> Params:
+        n_levels = len(self.probe.level_bounds) + 2
+        for level in self.split.levels:
+            if level >= n_levels:
+                raise ValueError(f"split.levels holds {level}, but probe.level_bounds gives levels 0..{n_levels - 1}")
+        return self
+
+
+@cache
+def max_templates() -> int:
+    """The fewest templates any relation has in the templates file: the most probe.templates may ask for."""
+    return min(len(items) for items in yaml.safe_load(TEMPLATES_FILE.read_text()).values())
+
+
+def _allowed_keys(loc: tuple) -> list[str]:
+    schema: Any = Params
+    for part in loc[:-1]:
+        if schema is Params and part == "models":
+            schema = ModelSpec
+            continue
+        field = getattr(schema, "model_fields", {}).get(part)
+        if field is None or not isinstance(field.annotation, type) or not issubclass(field.annotation, BaseModel):
+            continue
+        schema = field.annotation
+    return sorted(getattr(schema, "model_fields", {}))
+
+
+def _one_line(error: dict, path: Path) -> str:
+    # pydantic appends the union member it tried ('constrained-int', "literal['all']"): not a params key
+    where = ".".join(str(part) for part in error["loc"] if not _UNION_TAG.fullmatch(str(part)))
+    if error["type"] == "extra_forbidden":
+        allowed = _allowed_keys(tuple(error["loc"]))
+        hint = difflib.get_close_matches(str(error["loc"][-1]), allowed, n=1)
+        fix = f"did you mean '{hint[0]}'?" if hint else f"allowed: {', '.join(allowed)}"
+        return f"unknown key '{where}' in {path}: {fix}"
+    if error["type"] == "missing":
+        return f"{path} lacks '{where}': add it (see the README's params table)"
+    message = error["msg"].removeprefix("Value error, ")
+    if error["loc"]:
+        return f"{path}: '{where}' = {error.get('input')!r} is invalid ({message}): fix it"
+    return f"{path}: {message}: fix it"
+
+
+def validate(params: dict[str, Any], path: str | Path = PARAMS_FILE) -> dict[str, Any]:
+    """The params, checked against the schema and with defaults filled in; a MemqaError on the first problem."""
+    try:
+        return Params.model_validate(params).model_dump()
+    except ValidationError as err:
+        raise MemqaError(_one_line(err.errors()[0], Path(path))) from None
 
 
 def load_params(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
-    """Load params.yaml and reject unknown keys, so a typo never silently falls back to a default."""
+    """Load and validate params.yaml, so a typo or a wrong type never silently reaches a stage."""
     path = Path(path)
     if not path.is_file():
         raise MemqaError(f"{path} not found: run from the repository root (where dvc.yaml is)")
@@ -45,14 +198,9 @@ def load_params(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
         params = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise MemqaError(f"{path} is not valid YAML ({str(err).splitlines()[0]}): fix the syntax") from err
-    _check_keys(params, set(KNOWN_KEYS), "")
-    for section, allowed in KNOWN_KEYS.items():
-        if section == "models":
-            for name, spec in (params.get("models") or {}).items():
-                _check_keys(spec or {}, MODEL_KEYS, f"models.{name}.")
-        elif isinstance(params.get(section), dict):
-            _check_keys(params[section], allowed, f"{section}.")
-    return params
+    if not isinstance(params, dict):
+        raise MemqaError(f"{path} must be a mapping of sections (download, models, probe, ...): fix it")
+    return validate(params, path)
 
 
 def section(params: dict[str, Any], name: str) -> dict[str, Any]:
@@ -62,7 +210,7 @@ def section(params: dict[str, Any], name: str) -> dict[str, Any]:
 
 
 def require(conf: dict[str, Any], key: str, where: str) -> Any:
-    if key not in conf:
+    if conf.get(key) is None:
         raise MemqaError(f"{PARAMS_FILE} lacks '{where}.{key}': add it")
     return conf[key]
 

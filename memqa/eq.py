@@ -150,16 +150,47 @@ def subsample_indices(n_items: int, keep: int | None, seed: int, relation: str, 
     return sorted(rng.sample(range(n_items), keep))
 
 
-def build_facts(root: Path, per_relation: dict[str, int | None], seed: int) -> list[dict]:
-    """The normalised facts table: one row per kept question, in relation/split/file order."""
+def paper_pool_indices(root: Path, splits: list[str]) -> tuple[dict[tuple[str, str], list[int]], dict]:
+    """(relation, split) -> indices kept by the paper's pool rule, and what the rule dropped per split/domain.
+
+    EntityQuestions lists several *different* correct entities for some questions (Desna River: Ukraine,
+    Russia) and repeats question texts within and across relations. The paper keeps single-answer facts,
+    then one fact per question text within each pool (split x domain), which gives exactly the published
+    75,944 in-domain train, 9,555 in-domain test and 11,613 out-of-domain test facts.
+    """
+    kept: dict[tuple[str, str], list[int]] = {}
+    dropped: dict[str, dict[str, int]] = {}
+    seen: dict[tuple[str, str], set[str]] = {}
+    for relation, rel in relations().items():
+        for split in splits:
+            pool = (split, rel["domain"])
+            stats = dropped.setdefault(f"{split}/{rel['domain']}", {"several_answers": 0, "repeated_question": 0})
+            questions = seen.setdefault(pool, set())
+            kept[(relation, split)] = []
+            for index, item in enumerate(read_split_file(root / split / f"{relation}.{split}.json")):
+                if len(item["answers"]) != 1:
+                    stats["several_answers"] += 1
+                elif item["question"] in questions:
+                    stats["repeated_question"] += 1
+                else:
+                    questions.add(item["question"])
+                    kept[(relation, split)].append(index)
+    return kept, dropped
+
+
+def build_facts(root: Path, per_relation: dict[str, int | None], seed: int,
+                paper_pools: bool = True) -> tuple[list[dict], dict]:
+    """The normalised facts table (one row per kept question, in relation/split/file order) and, with
+    paper_pools, what the paper's pool rule dropped."""
+    splits = [s for s in SPLITS if per_relation.get(s) != 0]
+    eligible, dropped = paper_pool_indices(root, splits) if paper_pools else ({}, {})
     rows = []
     for relation, rel in relations().items():
-        for split in SPLITS:
-            keep = per_relation.get(split)
-            if keep == 0:
-                continue
+        for split in splits:
             items = read_split_file(root / split / f"{relation}.{split}.json")
-            for index in subsample_indices(len(items), keep, seed, relation, split):
+            indices = eligible.get((relation, split), list(range(len(items))))
+            for pick in subsample_indices(len(indices), per_relation.get(split), seed, relation, split):
+                index = indices[pick]
                 item = items[index]
                 rows.append({
                     "fact_id": f"{relation}/{split}/{index}",
@@ -171,21 +202,24 @@ def build_facts(root: Path, per_relation: dict[str, int | None], seed: int) -> l
                     "question": item["question"],
                     "answers": item["answers"],
                 })
-    return rows
+    return rows, dropped
 
 
-def download(source: str, per_relation: dict, seed: int, raw_dir: Path) -> tuple[list[dict], dict]:
+def download(source: str, per_relation: dict, seed: int, raw_dir: Path,
+             paper_pools: bool = True) -> tuple[list[dict], dict]:
     """Fetch and verify EntityQuestions into raw_dir; return the facts table and what was kept."""
     for split in per_relation:
         if split not in SPLITS:
             raise MemqaError(f"download.per_relation has unknown split '{split}': use {', '.join(SPLITS)}")
     started = time.time()
     fetch(source, raw_dir)
-    rows = build_facts(raw_dir, per_relation, seed)
+    rows, dropped = build_facts(raw_dir, per_relation, seed, paper_pools)
     counts = Counter((r["split"], r["domain"]) for r in rows)
     meta = {
         "source": source,
         "files_verified": len(expected_sha256()),
+        "paper_pools": paper_pools,
+        "dropped_by_pool_rule": dropped,
         "subsample": {"per_relation": per_relation, "seed": seed},
         "facts": len(rows),
         "facts_by_split_domain": {f"{s}/{d}": n for (s, d), n in sorted(counts.items())},

@@ -27,14 +27,16 @@ def train_info(trained_dir: Path | None) -> dict:
 def evaluate_cell(facts: list[dict], trained_dir: Path | None, model_dir: Path, conf: dict, sft_conf: dict,
                   n_levels: int) -> tuple[list[dict], dict]:
     """(predictions, metrics) of one cell's model (trained_dir None: the untrained base) on the test facts."""
-    from memqa.models import load_for_eval
+    from memqa.models import load_for_eval, precision
 
     if trained_dir is not None and not trained_dir.is_dir():
         raise MemqaError(f"no trained model at {trained_dir}: run `dvc repro sft` first")
     info = train_info(trained_dir)
     if info.get("skipped"):
         return [], {"skipped": True, "reason": "empty training set (see the split metrics)"}
-    model, tokenizer = load_for_eval(model_dir, trained_dir, info.get("method", sft_conf["method"]), sft_conf)
+    method = info.get("method", sft_conf["method"])
+    model, tokenizer = load_for_eval(model_dir, trained_dir, method, sft_conf)
     predictions = predict(model, tokenizer, facts, conf)
     return predictions, {"skipped": False, "train_facts": info.get("facts", 0),
+                         "precision": precision(sft_conf, method, training=False),
                          **accuracy_metrics(predictions, n_levels)}

@@ -2,16 +2,14 @@
 from __future__ import annotations
 
 import csv
-import io
 import json
 import re
 from pathlib import Path
 
 from memqa.accuracy import DOMAINS
 from memqa.errors import MemqaError
-from memqa.paths import cell_name
+from memqa.paths import cell_name, size_label
 
-CELL = re.compile(r"^L(?P<level>\d+)-n(?P<size>\w+)-s(?P<seed>\d+)$")
 KEYS = ["model", "train_level", "size", "seed", "train_facts", "domain", "headline", "micro"]
 
 
@@ -19,31 +17,39 @@ def columns(n_levels: int) -> list[str]:
     return KEYS + [f"L{lv}" for lv in range(n_levels)] + [f"n_L{lv}" for lv in range(n_levels)]
 
 
-def grid_rows(metrics_root: Path, models: list[str], n_levels: int) -> list[dict]:
-    """One row per (model, cell, domain); the base model is train_level 'base', size 0."""
-    rows = []
+def current_cells(models: list[str], split_conf: dict) -> list[dict]:
+    """The cells the current params ask for: per model the untrained base, then levels x sizes x seeds."""
+    cells = []
     for model in models:
-        for path in sorted((metrics_root / "eval" / model).glob("*.json")):
-            metrics = json.loads(path.read_text())
-            match = CELL.match(path.stem)
-            cell = ({"train_level": "base", "size": "0", "seed": ""} if path.stem == "base" else
-                    {"train_level": match["level"], "size": match["size"], "seed": match["seed"]} if match else None)
-            if cell is None or metrics.get("skipped"):
-                continue
-            for domain in DOMAINS:
-                rows.append({"model": model, **cell, "train_facts": metrics.get("train_facts", 0), "domain": domain,
-                             "headline": metrics[domain].get("headline"), "micro": metrics[domain].get("micro"),
-                             **{f"L{lv}": metrics[domain].get(f"L{lv}") for lv in range(n_levels)},
-                             **{f"n_L{lv}": n for lv, n in enumerate(metrics[domain]["n"])}})
+        cells.append({"model": model, "cell": "base", "train_level": "base", "size": "0", "seed": ""})
+        for level in split_conf["levels"]:
+            for size in split_conf["sizes"]:
+                for seed in split_conf["seeds"]:
+                    cells.append({"model": model, "cell": cell_name(level, size, seed), "train_level": str(level),
+                                  "size": size_label(size), "seed": str(seed)})
+    return cells
+
+
+def grid_rows(metrics_root: Path, cells: list[dict], n_levels: int) -> list[dict]:
+    """One row per (cell, domain) for exactly the given cells: a cell dropped from the params is not read,
+    one that is asked for but missing is an error. Cells skipped for an empty training set have no row."""
+    paths = {(c["model"], c["cell"]): metrics_root / "eval" / c["model"] / f"{c['cell']}.json" for c in cells}
+    missing = [str(p) for p in paths.values() if not p.is_file()]
+    if missing:
+        raise MemqaError(f"{len(missing)} evaluated cells of the current params are missing (first: {missing[0]}): "
+                         "run `dvc repro`")
+    rows = []
+    for cell in cells:
+        metrics = json.loads(paths[(cell["model"], cell["cell"])].read_text())
+        if metrics.get("skipped"):
+            continue
+        for domain in DOMAINS:
+            rows.append({"model": cell["model"], "train_level": cell["train_level"], "size": cell["size"],
+                         "seed": cell["seed"], "train_facts": metrics.get("train_facts", 0), "domain": domain,
+                         "headline": metrics[domain].get("headline"), "micro": metrics[domain].get("micro"),
+                         **{f"L{lv}": metrics[domain].get(f"L{lv}") for lv in range(n_levels)},
+                         **{f"n_L{lv}": n for lv, n in enumerate(metrics[domain]["n"])}})
     return rows
-
-
-def to_csv(rows: list[dict], n_levels: int) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns(n_levels))
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
 
 
 def summary(rows: list[dict]) -> dict:

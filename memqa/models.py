@@ -2,6 +2,7 @@
 the frozen inference model (probe), and the base as an SFT method trains and evaluates it."""
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import re
@@ -60,20 +61,35 @@ def resolve_source(source: str, workdir: Path) -> tuple[str, str | None, dict]:
             raise MemqaError(f"model folder {path} has no config.json: point models.<name>.source at a "
                              "Hugging Face model folder (save_pretrained output)")
         return str(path), None, {"kind": "local-dir", "path": str(path.resolve())}
-    if HUB_ID.match(source) and not source.startswith((".", "/", "~")):
+    # 'data/tiny-model' is shaped like a Hub id 'org/model'; when its first folder exists here, it is a
+    # local path that is missing, not a model to fetch.
+    if HUB_ID.match(source) and not source.startswith((".", "/", "~")) and not Path(source).parent.is_dir():
         return source, None, {"kind": "hub", "id": source}
     raise MemqaError(f"model source '{source}' does not exist: give a local folder, a .gguf file, "
                      "'package:<name>' or a Hub id like org/model")
 
 
-def materialize(source: str, out_dir: Path, dtype: str = "bfloat16") -> dict:
+def weights_sha256(folder: Path) -> str:
+    """One digest over a model folder's weight files (name and content), so retrained weights get a new key."""
+    digest = hashlib.sha256()
+    files = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin"))
+    if not files:
+        raise MemqaError(f"no weight files (*.safetensors) in {folder}: materialise the model again")
+    for path in files:
+        digest.update(f"{path.name}\0{sha256_of(path)}\0".encode())
+    return digest.hexdigest()
+
+
+def materialize(source: str, out_dir: Path, dtype: str = "bfloat16", revision: str | None = None) -> dict:
     """Convert any source once into a plain safetensors + tokenizer folder that later stages load fast."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     started = time.time()
     with tempfile.TemporaryDirectory() as tmp:
         location, gguf_file, provenance = resolve_source(source, Path(tmp))
-        kwargs = {"gguf_file": gguf_file} if gguf_file else {}
+        kwargs: dict = {"gguf_file": gguf_file} if gguf_file else {}
+        if revision and provenance["kind"] == "hub":
+            kwargs["revision"] = revision
         try:
             tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
             model = AutoModelForCausalLM.from_pretrained(location, dtype=torch_dtype(dtype), **kwargs)
@@ -89,6 +105,9 @@ def materialize(source: str, out_dir: Path, dtype: str = "bfloat16") -> dict:
             if hasattr(model.config, "quantization_config"):
                 del model.config.quantization_config
             provenance["sha256"] = sha256_of(Path(location) / gguf_file)
+        if provenance["kind"] == "hub":
+            provenance["revision"] = revision
+            provenance["commit"] = getattr(model.config, "_commit_hash", None)  # what `revision` resolved to
         staging = out_dir.with_name(out_dir.name + ".partial")
         shutil.rmtree(staging, ignore_errors=True)
         model.save_pretrained(staging)
@@ -100,6 +119,7 @@ def materialize(source: str, out_dir: Path, dtype: str = "bfloat16") -> dict:
         "parameters": sum(p.numel() for p in model.parameters()),
         "dtype": dtype,
         "vocab_size": model.config.vocab_size,
+        "weights_sha256": weights_sha256(staging),
     }
     # No timing in the folder: re-materialising the same source must leave it byte-identical, so that
     # DVC does not rerun every downstream stage.
@@ -153,11 +173,25 @@ def load_model(model_dir: str | Path, dtype: str = "bfloat16"):
 
 
 def compute_dtype(conf: dict, method: str) -> torch.dtype:
-    """bf16 on CUDA; on CPU bf16 for (Q)LoRA compute, fp32 for full fine-tuning (AdamW on bf16 weights drifts)."""
+    """The dtype the forward pass runs in: bf16 on CUDA, and on CPU for (Q)LoRA; fp32 for full fine-tuning on CPU.
+
+    Full fine-tuning keeps fp32 master weights whatever this is (AdamW at lr 1e-5 on bf16 weights rounds
+    most updates away); a bf16 compute dtype then means bf16 autocast.
+    """
     name = conf.get("compute_dtype", "auto")
     if name != "auto":
         return torch_dtype(name)
     return torch.bfloat16 if torch.cuda.is_available() or method != "full" else torch.float32
+
+
+def precision(conf: dict, method: str, training: bool) -> str:
+    """A readable account of the weights and compute dtypes `method` runs in, for the metrics and REPORT.md."""
+    compute = str(compute_dtype(conf, method)).removeprefix("torch.")
+    if method == "qlora":
+        return f"NF4 base weights, {compute} compute"
+    if method == "full" and training:
+        return "fp32 master weights" + ("" if compute == "float32" else f", {compute} autocast")
+    return f"{compute} weights"
 
 
 def device_map(local_rank: int) -> dict[str, int | str]:
@@ -165,8 +199,9 @@ def device_map(local_rank: int) -> dict[str, int | str]:
     return {"": local_rank if torch.cuda.is_available() else "cpu"}
 
 
-def load_base(model_dir: Path, method: str, conf: dict, local_rank: int = 0):
-    """The base model as `method` trains it: NF4-quantised for qlora, else plain weights in compute dtype."""
+def load_base(model_dir: Path, method: str, conf: dict, local_rank: int = 0, training: bool = False):
+    """The base model as `method` runs it: NF4-quantised for qlora, fp32 master weights for full fine-tuning
+    when training, else plain weights in the compute dtype."""
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     if method not in SFT_METHODS:
@@ -174,7 +209,8 @@ def load_base(model_dir: Path, method: str, conf: dict, local_rank: int = 0):
     if not (Path(model_dir) / "config.json").is_file():
         raise MemqaError(f"no model at {model_dir}: run `dvc repro materialize` (or sft) first")
     dtype = compute_dtype(conf, method)
-    kwargs: dict = {"dtype": dtype, "device_map": device_map(local_rank)}
+    weights = torch.float32 if method == "full" and training else dtype
+    kwargs: dict = {"dtype": weights, "device_map": device_map(local_rank)}
     if method == "qlora":
         if importlib.util.find_spec("bitsandbytes") is None:
             raise MemqaError("sft.method qlora needs bitsandbytes: pip install bitsandbytes (or use lora)")

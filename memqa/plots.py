@@ -1,25 +1,15 @@
 """The figures: accuracy vs SFT size, train x test level heat maps, level distributions, cross-model agreement."""
 from __future__ import annotations
 
-import csv
-import io
 import itertools
 import statistics
 from collections import defaultdict
 from pathlib import Path
 
 from memqa.grid import grid_levels, read_grid
-from memqa.io import atomic_write_text, read_jsonl, write_json
+from memqa.io import read_jsonl, write_csv, write_json
 
 DOMAIN_TITLES = {"id": "in-domain", "ood": "out-of-domain"}
-
-
-def write_csv(path: Path, rows: list[dict], fields: list[str]) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=fields)
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(path, buffer.getvalue())
 
 
 def plot_acc_vs_size(plt, rows: list[dict], model: str, out: Path, dpi: int) -> list[dict]:

@@ -95,8 +95,12 @@ def findings(rows: list[dict], models: list[str], sizes: list) -> list[str]:
         hits, tested = 0, 0
         for domain in DOMAINS:
             for lv in grid_levels(rows):
-                column = {r["train_level"]: r[f"L{lv}"] for r in mine
-                          if r["domain"] == domain and lv in voting_levels(r)}
+                # every size and seed of a training level counts: its mean, not whichever row sorts last
+                values: dict[str, list[float]] = {}
+                for r in mine:
+                    if r["domain"] == domain and lv in voting_levels(r):
+                        values.setdefault(r["train_level"], []).append(r[f"L{lv}"])
+                column = {level: statistics.mean(v) for level, v in values.items()}
                 if str(lv) in column and len(column) > 1:
                     tested += 1
                     hits += column[str(lv)] >= max(column.values())
@@ -122,6 +126,17 @@ def findings(rows: list[dict], models: list[str], sizes: list) -> list[str]:
     return lines
 
 
+def stage_precisions(metrics_root: Path, models: list[str], stage: str) -> dict[str, str]:
+    """model -> the precision(s) its SFT or evaluation metrics record (one value when all cells agree)."""
+    found = {}
+    for model in models:
+        values = sorted({json.loads(p.read_text()).get("precision") or "?"
+                         for p in (metrics_root / stage / model).glob("*.json")})
+        if values:
+            found[model] = " / ".join(f"`{v}`" for v in values)
+    return found
+
+
 def build_report(params: dict, rows: list[dict], metrics_root: Path, plots_dir: Path, reference: dict) -> str:
     models = list(section(params, "models"))
     levels = grid_levels(rows)
@@ -139,6 +154,17 @@ def build_report(params: dict, rows: list[dict], metrics_root: Path, plots_dir: 
         meta = json.loads(download.read_text())
         out += ["", f"Data: EntityQuestions, {meta['facts']} facts kept "
                     f"(per relation and split: {meta['subsample']['per_relation']}, seed {meta['subsample']['seed']})."]
+    out += ["", "Precision each stage ran in: probe " + f"`{section(params, 'probe')['dtype']}` weights; "
+            + "; ".join(f"{m}: SFT {p}" for m, p in stage_precisions(metrics_root, models, "sft").items())
+            + "; ".join(["", *(f"{m}: evaluation (cells and the untrained base alike) {p}"
+                             for m, p in stage_precisions(metrics_root, models, "eval").items())]) + "."]
+    for model in models:
+        path = metrics_root / model / "split.json"
+        overlap = json.loads(path.read_text()).get("train_test_overlap") if path.is_file() else None
+        if overlap:
+            fate = "dropped from every training set" if overlap["dropped"] else "kept (split.drop_test_overlap)"
+            out.append(f"\n{model}: {overlap['facts']} train facts repeat a test question word for word "
+                       f"({overlap['per_relation']}); {fate}.")
     out += ["", "Params that differ from the paper's protocol:", "", "| param | this run | paper |", "|---|---|---|",
             *deviations(params)]
     out += ["", "## Memory levels", "", f"Facts per level {list(levels)}:", "",

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import random
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 from memqa.eq import relation_ids
 from memqa.errors import MemqaError
@@ -47,6 +47,12 @@ def build_splits(conf: dict, facts: list[dict], scores: list[dict], bounds: list
         raise MemqaError(f"{scores_path} scores facts absent from the facts table (e.g. {missing[0]}): rerun probe")
     rows = [{**by_id[s["fact_id"]], "group": s["group"], "score": s["score"], "level": s["level"]} for s in scores]
     groups = {g: [r for r in rows if r["group"] == g] for g in GROUPS}
+    # EntityQuestions repeats some test questions word for word in train (P36 capitals most): training on
+    # them would be training on the test.
+    test_questions = {r["question"] for g in GROUPS if g != "train" for r in groups[g]}
+    overlap = [r for r in groups["train"] if r["question"] in test_questions]
+    if conf.get("drop_test_overlap", True):
+        groups["train"] = [r for r in groups["train"] if r["question"] not in test_questions]
     train_sets, cells = {}, []
     for level in conf["levels"]:
         pool = [r for r in groups["train"] if r["level"] == level]
@@ -71,6 +77,8 @@ def build_splits(conf: dict, facts: list[dict], scores: list[dict], bounds: list
         "mean_score_by_relation": {
             rel: round(sum(r["score"] for r in rows if r["relation"] == rel) /
                        sum(r["relation"] == rel for r in rows), 4) for rel in relations},
+        "train_test_overlap": {"dropped": bool(conf.get("drop_test_overlap", True)), "facts": len(overlap),
+                               "per_relation": dict(sorted(Counter(r["relation"] for r in overlap).items()))},
         "cells_short": sum(c["shortfall"] > 0 for c in cells),
         "cells_skipped": sum(c["skipped"] for c in cells),
         "cells": cells,

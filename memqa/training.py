@@ -4,7 +4,6 @@ A plain PyTorch loop under `accelerate`, so `accelerate launch` runs it data-par
 """
 from __future__ import annotations
 
-import csv
 import math
 import random
 import resource
@@ -14,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from memqa.io import write_json
-from memqa.models import compute_dtype, load_base
+from memqa.io import write_csv, write_json
+from memqa.models import compute_dtype, load_base, precision
 from memqa.prompts import qa_prompt
 
 
@@ -43,7 +42,7 @@ def collate(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
 
 def load_trainable(model_dir: Path, method: str, conf: dict, local_rank: int = 0):
     """load_base, plus LoRA adapters on every linear layer for qlora/lora; all weights train for full."""
-    model, tokenizer = load_base(model_dir, method, conf, local_rank)
+    model, tokenizer = load_base(model_dir, method, conf, local_rank, training=True)
     if method in ("qlora", "lora"):
         from peft import LoraConfig, get_peft_model
 
@@ -68,7 +67,13 @@ def train(model, tokenizer, facts: list[dict], conf: dict, method: str, seed: in
     from transformers import get_cosine_schedule_with_warmup
 
     seed_everything(seed)
-    accelerator = Accelerator(gradient_accumulation_steps=int(conf["grad_accum"]), cpu=not torch.cuda.is_available())
+    torch.use_deterministic_algorithms(bool(conf.get("deterministic", True)), warn_only=True)
+    dtype = compute_dtype(conf, method)
+    # Full fine-tuning: fp32 master weights, and autocast for a lower compute dtype. Adapters already hold
+    # their weights in fp32 (peft) over a frozen base in the compute dtype.
+    mixed = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "no") if method == "full" else "no"
+    accelerator = Accelerator(gradient_accumulation_steps=int(conf["grad_accum"]), mixed_precision=mixed,
+                              cpu=not torch.cuda.is_available())
     examples = [qa_example(tokenizer, f["question"], f["answers"][0], int(conf["max_length"])) for f in facts]
     loader = torch.utils.data.DataLoader(examples, batch_size=int(conf["batch_size"]), shuffle=True,
                                          generator=torch.Generator().manual_seed(seed),
@@ -102,17 +107,13 @@ def train(model, tokenizer, facts: list[dict], conf: dict, method: str, seed: in
     wall = time.time() - started
     model.eval()
     if accelerator.is_main_process:
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        with log_path.open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=["step", "loss", "lr"])
-            writer.writeheader()
-            writer.writerows(log)
+        write_csv(log_path, log, ["step", "loss", "lr"])
     peak = (torch.cuda.max_memory_allocated() if torch.cuda.is_available()
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     return {
         "method": method, "facts": len(facts), "steps": step, "epochs": int(conf["epochs"]), "lr": lr,
         "device": str(accelerator.device), "processes": accelerator.num_processes,
-        "dtype": str(compute_dtype(conf, method)).removeprefix("torch."),
+        "dtype": str(dtype).removeprefix("torch."), "precision": precision(conf, method, training=True),
         "trainable_parameters": sum(p.numel() for p in trainable), "wall_s": round(wall, 2),
         "tokens_per_s": round(tokens / wall, 1) if wall else None,
         "peak_memory_mb": round(peak / 2**20, 1), "final_loss": log[-1]["loss"] if log else None,
@@ -131,15 +132,16 @@ def fine_tune(facts: list[dict], conf: dict, seed: int, model_dir: Path, out_dir
     staging.mkdir(parents=True)
     if not facts:
         info = {"method": method, "facts": 0, "skipped": True}
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        log_path.write_text("step,loss,lr\n")
+        write_csv(log_path, [], ["step", "loss", "lr"])
     else:
         model, tokenizer = load_trainable(model_dir, method, conf)
         info = train(model, tokenizer, facts, conf, method, seed, log_path)
         trained = info.pop("model")
-        trained.save_pretrained(staging)
-        if method == "full":
+        if method == "full":  # saved in the compute dtype it is evaluated in, not the fp32 master copy
+            trained.to(compute_dtype(conf, method)).save_pretrained(staging)
             tokenizer.save_pretrained(staging)
+        else:
+            trained.save_pretrained(staging)
         info["skipped"] = False
     write_json(staging / "train_info.json", info)
     shutil.rmtree(out_dir, ignore_errors=True)

@@ -30,7 +30,7 @@ def main(model_name: str, params_file: str, out_dir: Path | None, info_path: Pat
     name = model_name
     spec = model_spec(load_params(params_file), name)
     out_dir = out_dir or paths.model_dir(name)
-    info = materialize(require(spec, "source", f"models.{name}"), out_dir, spec.get("dtype", "bfloat16"))
+    info = materialize(require(spec, "source", f"models.{name}"), out_dir, spec["dtype"], spec.get("revision"))
     write_json(info_path or paths.model_info(name), info)
     click.echo(f"materialize: {name} ({info['parameters']:,} parameters) in {info['wall_s']} s -> {out_dir}")
     click.echo(json.dumps(info["provenance"]))

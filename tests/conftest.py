@@ -5,6 +5,10 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
+
+# One thread: float summation order, hence every trained tiny model, is then the same on any x86 CPU run.
+torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 EQ_COPY = Path(os.environ.get("MEMQA_EQ_SOURCE") or REPO.parent / "shared" / "data" / "entityquestions")

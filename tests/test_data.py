@@ -1,5 +1,6 @@
 import shutil
 import zipfile
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,7 @@ from memqa.errors import MemqaError
 
 
 def test_every_real_question_yields_its_subject(eq_dir):
-    rows = data.build_facts(eq_dir, {"train": None, "dev": None, "test": None}, seed=0)
+    rows, _ = data.build_facts(eq_dir, {"train": None, "dev": None, "test": None}, seed=0, paper_pools=False)
     assert len(rows) == 220_703
     assert all(row["subject"] and row["subject"] in row["question"] for row in rows)
     domains = {row["relation"]: row["domain"] for row in rows}
@@ -81,3 +82,21 @@ def test_subsample_is_deterministic_and_seed_dependent():
     assert first == data.subsample_indices(8000, 50, 0, "P17", "train")
     assert first != data.subsample_indices(8000, 50, 1, "P17", "train")
     assert first == sorted(set(first)) and len(first) == 50
+
+
+def test_paper_pool_rule_gives_exactly_the_published_pool_sizes(eq_dir):
+    rows, dropped = data.build_facts(eq_dir, {"train": None, "dev": 0, "test": None}, seed=0)
+    pools = Counter((r["split"], r["domain"]) for r in rows)
+    assert pools[("train", "id")] == 75_944
+    assert pools[("test", "id")] == 9_555
+    assert pools[("test", "ood")] == 11_613
+    assert all(len(r["answers"]) == 1 for r in rows)
+    assert dropped["test/id"]["several_answers"] + dropped["test/id"]["repeated_question"] == 9_828 - 9_555
+
+
+def test_download_records_what_the_pool_rule_dropped(eq_dir, tmp_path):
+    rows, meta = data.download(str(eq_dir), {"train": 5, "dev": 0, "test": 2}, 0, tmp_path / "raw")
+    assert meta["paper_pools"] is True and meta["dropped_by_pool_rule"]["train/id"]["several_answers"] > 0
+    assert all(len(r["answers"]) == 1 for r in rows)
+    _, off = data.download(str(eq_dir), {"train": 5, "dev": 0, "test": 2}, 0, tmp_path / "raw", paper_pools=False)
+    assert off["dropped_by_pool_rule"] == {}

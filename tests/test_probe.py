@@ -6,7 +6,6 @@ import yaml
 
 from memqa import probing
 from memqa.engine import generate
-from memqa.matching import contains, normalize, token_sequence
 from memqa.memory import add_levels, memory_level
 from memqa.paths import RELATIONS_FILE, TEMPLATES_FILE
 from memqa.probing import probe_sharded, run_probe, score_facts
@@ -100,19 +99,6 @@ def test_likelihood_level_zero_is_below_sampling_resolution():
     rows = [{"score": 0.004}, {"score": 0.005}]
     add_levels(rows, {"templates": 21, "samples": 10, "level_bounds": [0.25, 0.5, 0.75]})
     assert [r["level"] for r in rows] == [0, 1]
-
-
-def test_matcher_contains_is_substring_so_us_matches_ussr():
-    assert contains("He lived in the USSR.", ["US"])
-    assert not token_sequence("He lived in the USSR.", ["US"])
-    assert token_sequence("born in the U.S. in 1960", ["US", "U S"])
-
-
-def test_matcher_normalises_case_accents_punctuation_and_space():
-    assert normalize("  São-Paulo,\tBRAZIL ") == "sao paulo brazil"
-    assert token_sequence("was born in sao paulo!", ["São Paulo"])
-    assert contains("Born in  NEW   york city", ["New York"])
-    assert not contains("born in Paris", ["London"]) and not contains("anything", [""])
 
 
 def test_probe_templates_are_21_unique_per_relation_with_one_subject():

@@ -8,35 +8,39 @@ from memqa.prompts import qa_prompt
 from memqa.training import fine_tune, qa_example
 from tests import tiny
 
-SFT = {"method": "full", "lr": 1e-2, "lr_full": 3e-3, "epochs": 30, "batch_size": 8, "grad_accum": 1,
+SFT = {"method": "full", "lr": 1e-2, "lr_full": 3e-3, "epochs": 10, "batch_size": 4, "grad_accum": 1,
        "warmup_ratio": 0.0, "weight_decay": 0.0, "max_length": 48, "lora_r": 8, "lora_alpha": 16,
-       "lora_dropout": 0.0, "compute_dtype": "float32"}
+       "lora_dropout": 0.0, "compute_dtype": "float32", "deterministic": True}
+CELL = "L4-n12-s0"
 EVAL = {"max_new_tokens": 6, "batch_size": 8, "matcher": "contains"}
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    """A tiny model taught 16 facts as statements (QA format never seen), and 8 facts never taught."""
+    """A tiny model taught 24 facts (21 statements and the bare question + answer each; the QA prompt format
+    never seen) and 8 facts never taught. SFT uses 12 taught facts; the other 12 are held out for evaluation."""
     root = tmp_path_factory.mktemp("sft")
-    facts = tiny.synthetic_facts(24)
-    taught, never = facts[:16], facts[16:]
-    texts = [s for f in taught for s in tiny.statements(f, 21)]
+    facts = tiny.synthetic_facts(32)
+    taught, never = facts[:24], facts[24:]
+    texts = [s for f in taught for s in tiny.statements(f, 21)] + [f"{f['question']} {f['answers'][0]}"
+                                                                   for f in taught] * 3
     corpus = texts + [s for f in never for s in tiny.statements(f, 21)] + [qa_prompt(f["question"]) for f in facts]
     tokenizer = tiny.make_tokenizer(corpus)
     model = tiny.make_model(tokenizer, hidden=128, layers=2)
     tiny.teach(model, tokenizer, texts, steps=500)
     model_dir = tiny.save(model, tokenizer, root / "model")
     splits = root / "splits" / "tiny"
-    train_facts = [{**f, "level": 4} for f in taught[:8]]
-    write_jsonl(splits / "train-L4-n8-s0.jsonl", train_facts)
-    write_jsonl(splits / "test_id.jsonl", [{**f, "level": 4} for f in taught] + [{**f, "level": 0} for f in never])
+    sft_facts, held_out = taught[:12], taught[12:]
+    write_jsonl(splits / "train-L4-n12-s0.jsonl", [{**f, "level": 4} for f in sft_facts])
+    write_jsonl(splits / "test_id.jsonl", [{**f, "level": 4} for f in held_out] + [{**f, "level": 0} for f in never])
     write_jsonl(splits / "test_ood.jsonl", [])
-    return root, model_dir, taught, never
+    return root, model_dir, held_out, never
 
 
 def test_completion_only_masking_ignores_prompt_tokens(world):
     _, model_dir, taught, _ = world
     from memqa.models import load_tokenizer
+
 
     tokenizer = load_tokenizer(model_dir)
     example = qa_example(tokenizer, taught[0]["question"], taught[0]["answers"][0], max_length=64)
@@ -49,8 +53,8 @@ def test_completion_only_masking_ignores_prompt_tokens(world):
 
 
 def _sft(root, model_dir, conf, sft_root):
-    facts = read_jsonl(root / "splits" / "tiny" / "train-L4-n8-s0.jsonl")
-    return fine_tune(facts, conf, 0, model_dir, sft_root / "L4-n8-s0", sft_root / "L4-n8-s0.csv")
+    facts = read_jsonl(root / "splits" / "tiny" / "train-L4-n12-s0.jsonl")
+    return fine_tune(facts, conf, 0, model_dir, sft_root / CELL, sft_root / f"{CELL}.csv")
 
 
 def _evaluate(root, model_dir, cell, method, sft_root=None):
@@ -66,16 +70,16 @@ def _accuracy(root, cell, method, facts):
     return sum(preds[f["fact_id"]]["correct"] for f in facts) / len(facts)
 
 
-def test_sft_on_qa_pairs_raises_accuracy_on_taught_facts_not_on_untaught(world):
-    root, model_dir, taught, never = world
+def test_sft_on_some_known_facts_makes_other_known_facts_answerable_not_unknown_ones(world):
+    root, model_dir, held_out, never = world
     _evaluate(root, model_dir, None, "full")
     info = _sft(root, model_dir, SFT, root / "sft")
     assert info["steps"] == 30 and info["final_loss"] < 0.5
-    _evaluate(root, model_dir, "L4-n8-s0", "full")
-    base = _accuracy(root, "base", "full", taught[:8])
-    tuned = _accuracy(root, "L4-n8-s0", "full", taught[:8])
-    assert tuned >= base + 0.5, (base, tuned)
-    assert _accuracy(root, "L4-n8-s0", "full", never) <= 0.125
+    _evaluate(root, model_dir, CELL, "full")
+    base = _accuracy(root, "base", "full", held_out)
+    tuned = _accuracy(root, CELL, "full", held_out)
+    assert tuned >= base + 0.25, (base, tuned)  # measured here: 0.0 -> 0.5 on the 12 held-out known facts
+    assert _accuracy(root, CELL, "full", never) <= 0.125
 
 
 @pytest.mark.parametrize("method", ["qlora", "lora"])
@@ -83,12 +87,12 @@ def test_adapter_methods_train_save_and_reload_for_eval(world, method):
     root, model_dir, _, _ = world
     conf = {**SFT, "method": method, "epochs": 1, "compute_dtype": "float32", "lr": 1e-3}
     info = _sft(root, model_dir, conf, root / f"sft-{method}")
-    assert info["steps"] == 1 and info["method"] == method and info["trainable_parameters"] > 0
-    assert (root / f"sft-{method}" / "L4-n8-s0" / "adapter_model.safetensors").is_file()
-    log = (root / f"sft-{method}" / "L4-n8-s0.csv").read_text().splitlines()
-    assert log[0] == "step,loss,lr" and len(log) == 2
-    metrics = _evaluate(root, model_dir, "L4-n8-s0", method, root / f"sft-{method}")
-    assert metrics["id"]["n"] == [8, 0, 0, 0, 16]
+    assert info["steps"] == 3 and info["method"] == method and info["trainable_parameters"] > 0
+    assert (root / f"sft-{method}" / CELL / "adapter_model.safetensors").is_file()
+    log = (root / f"sft-{method}" / f"{CELL}.csv").read_text().splitlines()
+    assert log[0] == "step,loss,lr" and len(log) == 4
+    metrics = _evaluate(root, model_dir, CELL, method, root / f"sft-{method}")
+    assert metrics["id"]["n"] == [8, 0, 0, 0, 12]
 
 
 def test_evaluate_metrics_are_recomputable_from_saved_predictions(world):
@@ -110,3 +114,41 @@ def test_headline_is_the_unweighted_mean_of_level_accuracies():
 def test_default_params_name_a_known_sft_method():
     sft = yaml.safe_load(open("params.yaml"))["sft"]
     assert sft["method"] in ("qlora", "lora", "full")
+
+
+def test_full_fine_tuning_keeps_fp32_master_weights_so_lr_1e5_moves_them(world):
+    """bf16 compute must not mean bf16 weights: one AdamW step at the paper's lr 1e-5 has to change them."""
+    import torch
+
+    from memqa.training import load_trainable
+
+    _, model_dir, held_out, _ = world
+    model, _ = load_trainable(model_dir, "full", {**SFT, "compute_dtype": "bfloat16"})
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    before = [p.detach().clone() for p in model.parameters()]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    batch = {"input_ids": torch.tensor([[2, 5, 6, 7, 3]]), "labels": torch.tensor([[2, 5, 6, 7, 3]])}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(**batch).loss
+    loss.backward()
+    optimizer.step()
+    changed = sum(int(not torch.equal(a, p.detach())) for a, p in zip(before, model.parameters(), strict=True))
+    assert changed >= len(before) // 2, (changed, len(before))
+
+
+def test_untrained_base_is_evaluated_in_the_precision_of_the_cells(world):
+    root, model_dir, _, _ = world
+    conf = {**SFT, "method": "lora", "epochs": 1, "compute_dtype": "bfloat16"}
+    _sft(root, model_dir, conf, root / "sft-precision")
+    facts = read_jsonl(root / "splits" / "tiny" / "test_id.jsonl")[:2]
+    cell = evaluate_cell(facts, root / "sft-precision" / CELL, model_dir, EVAL, conf, 5)[1]
+    base = evaluate_cell(facts, None, model_dir, EVAL, conf, 5)[1]
+    assert cell["precision"] == base["precision"] == "bfloat16 weights"
+
+
+def test_sft_is_deterministic_for_a_seed(world):
+    root, model_dir, _, _ = world
+    conf = {**SFT, "epochs": 2}
+    _sft(root, model_dir, conf, root / "det-a")
+    _sft(root, model_dir, conf, root / "det-b")
+    assert (root / "det-a" / f"{CELL}.csv").read_text() == (root / "det-b" / f"{CELL}.csv").read_text()
