@@ -47,5 +47,8 @@ pr-diff: setup
 	dvc exp diff main --md > metrics-diff.md && cat metrics-diff.md
 
 # The paper's protocol (Ye et al. 2024) on the full data: needs a GPU; see README "Defaults here vs the paper's protocol".
+# It prints `memqa plan` (stages, tokens, disk, device-hours) first; e.g. PLAN_ARGS="--model-params 8.03e9 --device h100".
+PLAN_ARGS ?=
 paper: setup
+	$(VENV)/bin/memqa plan --preset presets/paper.args $(PLAN_ARGS)
 	dvc exp run -n paper $(shell cat presets/paper.args)

@@ -9,11 +9,16 @@ Measures, in one run:
    naive_per_completion: one call per completion (batch 1), the plainest public loop, timed on the first
    --per-completion-prompts prompts (compared as a rate, completions/s);
    (note: HF's implicit top_k=50 applies there, our engine samples the untruncated tempered distribution);
-2. engine: `memqa.engine.generate` (length-sorted left-padded batches, prompt cache shared by samples);
+2. engine: `memqa.engine.generate` as the probe runs it (length-sorted left-padded batches, prompt cache
+   shared by samples, per-completion random streams), stopping a completion once it contains a gold alias
+   (`stop_when`, the `contains` matcher) and dropping finished completions from the batch;
+   engine_no_early_stop: the same without stop_when (completions end at EOS or --max-new-tokens only); the
+   two must count exactly the same completions as correct (`early_stop_same_correct_counts`);
 3. likelihood: `memqa.engine.continuation_logprobs` over (prompt, " " + alias) for every gold alias.
-With --random-init-shape the model is a random-init Llama of that shape with EOS disabled, so every completion
-is exactly --max-new-tokens long and tokens/s is exact; the tokenizer (from --model-dir) has its ids folded
-into the smaller vocabulary. Writes benchmarks/results/probe_engine-<model>.json and prints a markdown table.
+With --random-init-shape the model is a random-init Llama of that shape with EOS disabled, so completions run
+to --max-new-tokens unless they contain an alias (tokens/s counts the tokens decoded); the tokenizer (from
+--model-dir) has its ids folded into the smaller vocabulary. Writes benchmarks/results/probe_engine-<model>.json
+and prints a markdown table.
 """
 from __future__ import annotations
 
@@ -30,10 +35,11 @@ from pathlib import Path
 import torch
 import transformers
 
-from memqa.engine import continuation_logprobs, generate
+from memqa.engine import continuation_logprobs, generate, generate_ids
 from memqa.eq import build_facts, relation_ids
 from memqa.matching import contains
 from memqa.models import contiguous_lm_head, load_model, load_tokenizer
+from memqa.probing import answer_settled
 from memqa.prompts import fill, templates_for
 
 SHAPES = {  # hidden, layers, heads, intermediate, vocab
@@ -135,6 +141,19 @@ def naive_per_completion(model, tokenizer, prompts: list[str], *, samples: int, 
     return outputs
 
 
+def correct_counts(completions: list[list[str]], answers: list[list[str]]) -> list[int]:
+    """Per prompt, how many of its completions contain a gold alias (what R counts)."""
+    return [sum(contains(c, gold) for c in comps) for comps, gold in zip(completions, answers, strict=True)]
+
+
+def engine_run(stop_early: bool) -> tuple[list[list[str]], int]:
+    """The engine as the probe runs it: (completions, tokens decoded)."""
+    stop_when = (lambda p, text: answer_settled(contains, text, answers[p])) if stop_early else None
+    ids = generate_ids(model, tokenizer, prompts, stop_when=stop_when, **engine)
+    texts = [[tokenizer.decode(row, skip_special_tokens=True) for row in rows] for rows in ids]
+    return texts, sum(len(row) for rows in ids for row in rows)
+
+
 def share_correct(completions: list[list[str]], answers: list[list[str]]) -> float:
     """Mean over prompts of the share of its completions that contain a gold alias."""
     pairs = zip(completions, answers, strict=True)
@@ -178,7 +197,7 @@ log(f"model {model_name}: {n_params / 1e6:.0f}M parameters on {device}")
 # --facts in-domain train facts in all, spread round-robin over the in-domain relations
 relations = relation_ids("id")
 per_relation = -(-args.facts // len(relations))
-rows = build_facts(Path(args.data_root), {"train": per_relation, "dev": 0, "test": 0}, seed=args.seed)
+rows, _ = build_facts(Path(args.data_root), {"train": per_relation, "dev": 0, "test": 0}, seed=args.seed)
 by_relation = [[f for f in rows if f["relation"] == rel] for rel in relations]
 facts = [f for k in range(per_relation) for group in by_relation for f in group[k:k + 1]][:args.facts]
 prompts, answers = [], []
@@ -211,8 +230,10 @@ if not args.skip_naive:
     subset = prompts[:args.per_completion_prompts]
     _, per_completion_s = timed(lambda: naive_per_completion(model, tokenizer, subset, samples=S, temperature=T,
                                                               max_new_tokens=M), device)
-log("engine ...")
-ours, engine_s = timed(lambda: generate(model, tokenizer, prompts, **engine), device)
+log("engine, no early stop ...")
+(full, full_tokens), full_s = timed(lambda: engine_run(stop_early=False), device)
+log("engine (early stop at the answer) ...")
+(ours, engine_tokens), engine_s = timed(lambda: engine_run(stop_early=True), device)
 log("likelihood ...")
 logprobs, likelihood_s = timed(lambda: continuation_logprobs(model, tokenizer, pair_prompts, pair_aliases,
                                                              temperature=T, batch_size=B), device)
@@ -241,7 +262,12 @@ results = {
         "seconds": per_completion_s, "completions": args.per_completion_prompts * S,
         "completions_per_s": args.per_completion_prompts * S / per_completion_s,
     },
-    "engine": {"seconds": engine_s, "completions_per_s": n_completions / engine_s},
+    "engine": {"seconds": engine_s, "completions_per_s": n_completions / engine_s, "tokens_decoded": engine_tokens,
+               "note": "early stop at a gold alias (contains), finished completions leave the batch"},
+    "engine_no_early_stop": {"seconds": full_s, "completions_per_s": n_completions / full_s,
+                             "tokens_decoded": full_tokens},
+    "early_stop_same_correct_counts": correct_counts(ours, answers) == correct_counts(full, answers),
+    "early_stop_speedup": full_s / engine_s,
     "likelihood": {
         "seconds": likelihood_s, "prompts_per_s": n_prompts / likelihood_s,
         "alias_pairs_per_s": len(pair_prompts) / likelihood_s,
@@ -251,16 +277,17 @@ results = {
     (n_completions / engine_s) / (args.per_completion_prompts * S / per_completion_s),
     "sampling_over_likelihood": (engine_s / n_prompts) / (likelihood_s / n_prompts),
 }
-if args.random_init_shape:  # no EOS: every completion is exactly M tokens
-    for name, seconds in (("naive", naive_s), ("engine", engine_s)):
+if args.random_init_shape:  # no EOS: a completion is M tokens unless it contains an alias (engine)
+    for name, seconds in (("naive", naive_s), ("engine", engine_s), ("engine_no_early_stop", full_s)):
         if seconds is not None:
-            tokens_per_s = n_completions * M / seconds
+            tokens_per_s = results[name].get("tokens_decoded", n_completions * M) / seconds
             results[name]["tokens_per_s"] = tokens_per_s
             if cuda:
                 results[name]["tflops"] = 2 * n_params * tokens_per_s / 1e12
                 results[name]["share_of_peak"] = results[name]["tflops"] / args.peak_tflops
 else:  # accuracy sanity: meaningless for a random model
     results["engine"]["accuracy_contains"] = share_correct(ours, answers)
+    results["engine_no_early_stop"]["accuracy_contains"] = share_correct(full, answers)
     if naive is not None:
         results["naive"]["accuracy_contains"] = share_correct(naive, answers)
     results["likelihood"]["mean_p_sample_starts_with_alias"] = sum(p_alias) / n_prompts
@@ -275,7 +302,7 @@ print(f"\n{model_name} on {env['device_name']} ({env['device']}, torch {env['tor
       f"{args.templates} templates = {n_prompts} prompts, {S} samples, T={T}, {M} new tokens, batch {B}\n")
 print("| method | seconds | throughput | tokens/s | TFLOP/s (share of peak) | accuracy (contains) |")
 print("|---|---:|---:|---:|---:|---:|")
-for name in ("naive", "engine"):
+for name in ("naive", "engine_no_early_stop", "engine"):
     r = results[name]
     if r is None:
         continue
@@ -290,8 +317,12 @@ if naive is not None:
     r = results["naive_per_completion"]
     print(f"| naive, one call per completion | {r['seconds']:.1f} | {r['completions_per_s']:.1f} completions/s "
           f"({r['completions']} completions) | - | - | - |")
-    print(f"\nengine / naive (samples batched per prompt): {results['engine_over_naive']:.1f}x completions/s")
+    print(f"\nengine / naive (HF generate, num_return_sequences={S} per prompt): "
+          f"{results['engine_over_naive']:.1f}x completions/s")
     print(f"engine / naive (one call per completion): {results['engine_over_naive_per_completion']:.1f}x")
+print(f"early stop: {results['early_stop_speedup']:.2f}x faster than the engine without it "
+      f"({engine_tokens} vs {full_tokens} tokens decoded); same completions counted correct: "
+      f"{results['early_stop_same_correct_counts']}")
 print(f"sampling {S} completions (engine) / one likelihood pass, per fact-template: "
       f"{results['sampling_over_likelihood']:.1f}x the seconds")
 print(f"\nwrote {out}")

@@ -7,12 +7,14 @@ project root) or from the checkout the package was installed from (`pip install 
 """
 from __future__ import annotations
 
+import importlib
 import importlib.util
 from pathlib import Path
 
 import click
 
 STAGES = ("download", "materialize", "probe", "split", "sft", "evaluate", "summarize", "plot", "report")
+BUILTINS = {"plan": "memqa.plan"}  # commands of the library itself, not DVC stages (module with `command`)
 
 
 def stages_dir() -> Path | None:
@@ -27,9 +29,11 @@ class LazyGroup(click.Group):
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         folder = stages_dir()
-        return [s for s in STAGES if folder and (folder / f"{s}.py").is_file()]
+        return [s for s in STAGES if folder and (folder / f"{s}.py").is_file()] + list(BUILTINS)
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in BUILTINS:
+            return importlib.import_module(BUILTINS[name]).command
         if name not in self.list_commands(ctx):
             return None
         spec = importlib.util.spec_from_file_location(f"memqa_stage_{name}", stages_dir() / f"{name}.py")
@@ -42,5 +46,6 @@ class LazyGroup(click.Group):
 def main() -> None:
     """memqa: how much SFT data, and which, does a pretrained LLM need for closed-book QA.
 
-    Run from the project root (where dvc.yaml is); each command is a DVC stage of dvc.yaml.
+    Run from the project root (where dvc.yaml is); each command but `plan` is a DVC stage of dvc.yaml.
+    `memqa plan` prints what a configuration costs (stages, tokens, disk, device-hours) before it runs.
     """

@@ -111,6 +111,7 @@ class Sft(Section):
     lora_dropout: Annotated[Float, Field(ge=0, lt=1)] = 0.05
     compute_dtype: Literal["auto", "bfloat16", "float32", "float16"] = "auto"
     deterministic: bool = True  # torch deterministic algorithms: identical reruns on one machine
+    keep_weights: bool = False  # full fine-tuning: keep each cell's weights (False: evaluate, then delete them)
 
 
 class Evaluate(Section):
@@ -125,6 +126,9 @@ class Plot(Section):
 
 class Report(Section):
     reference: str
+    min_level_facts: Count = 10  # a test level with fewer facts stays out of the headline and the verdicts
+    margin: Annotated[Float, Field(ge=0)] = 5.0  # non-inferiority margin of "60 points suffice" (headline points)
+    bootstrap_replicates: Annotated[int, Field(ge=100)] = 2000
 
 
 class Params(Section):

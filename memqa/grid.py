@@ -1,20 +1,29 @@
-"""The results grid: one row per (model, cell, domain) with accuracy per test level (metrics/grid.csv)."""
+"""The results grid (metrics/grid.csv): per model, training level, size and domain, accuracy per test level,
+headline and micro accuracy, each a mean with its 95% interval over seeds and test facts."""
 from __future__ import annotations
 
 import csv
 import json
 import re
+from functools import partial
 from pathlib import Path
+
+import numpy as np
 
 from memqa.accuracy import DOMAINS
 from memqa.errors import MemqaError
-from memqa.paths import cell_name, size_label
+from memqa.io import read_jsonl
+from memqa.paths import cell_name, size_label, train_set
+from memqa.stats import Arm, bootstrap, headline_of, micro_of
+from memqa.verdicts import Study
 
-KEYS = ["model", "train_level", "size", "seed", "train_facts", "domain", "headline", "micro"]
+KEYS = ["model", "train_level", "size", "domain", "seeds", "train_facts", "headline", "headline_low", "headline_high",
+        "micro", "micro_low", "micro_high", "levels_left_out"]
 
 
 def columns(n_levels: int) -> list[str]:
-    return KEYS + [f"L{lv}" for lv in range(n_levels)] + [f"n_L{lv}" for lv in range(n_levels)]
+    per_level = [f"L{lv}{part}" for lv in range(n_levels) for part in ("", "_low", "_high")]
+    return KEYS + per_level + [f"n_L{lv}" for lv in range(n_levels)]
 
 
 def current_cells(models: list[str], split_conf: dict) -> list[dict]:
@@ -30,34 +39,106 @@ def current_cells(models: list[str], split_conf: dict) -> list[dict]:
     return cells
 
 
-def grid_rows(metrics_root: Path, cells: list[dict], n_levels: int) -> list[dict]:
-    """One row per (cell, domain) for exactly the given cells: a cell dropped from the params is not read,
-    one that is asked for but missing is an error. Cells skipped for an empty training set have no row."""
-    paths = {(c["model"], c["cell"]): metrics_root / "eval" / c["model"] / f"{c['cell']}.json" for c in cells}
-    missing = [str(p) for p in paths.values() if not p.is_file()]
+def read_cells(metrics_root: Path, eval_root: Path, cells: list[dict]) -> list[dict]:
+    """Each current cell with its metrics and per-fact predictions: exactly these cells, never a glob, and a
+    cell in the params without metrics is an error. Cells skipped for an empty training set are dropped."""
+    found = []
+    missing = [c for c in cells if not (metrics_root / "eval" / c["model"] / f"{c['cell']}.json").is_file()]
     if missing:
-        raise MemqaError(f"{len(missing)} evaluated cells of the current params are missing (first: {missing[0]}): "
+        first = metrics_root / "eval" / missing[0]["model"] / f"{missing[0]['cell']}.json"
+        raise MemqaError(f"{len(missing)} evaluated cells of the current params are missing (first: {first}): "
                          "run `dvc repro`")
-    rows = []
     for cell in cells:
-        metrics = json.loads(paths[(cell["model"], cell["cell"])].read_text())
+        metrics = json.loads((metrics_root / "eval" / cell["model"] / f"{cell['cell']}.json").read_text())
         if metrics.get("skipped"):
             continue
+        found.append({**cell, "metrics": metrics,
+                      "predictions": read_jsonl(eval_root / cell["model"] / f"{cell['cell']}.jsonl")})
+    return found
+
+
+def training_relations(cells: list[dict]) -> dict[str, dict[int, set[str]]]:
+    """model -> training level -> the relations its training sets (every size and seed) hold."""
+    out: dict[str, dict[int, set[str]]] = {}
+    for cell in cells:
+        if cell["cell"] != "base":
+            rows = read_jsonl(train_set(cell["model"], cell["cell"]))
+            out.setdefault(cell["model"], {}).setdefault(int(cell["train_level"]), set()).update(
+                r["relation"] for r in rows)
+    return out
+
+
+def studies(cells: list[dict], train_relations: dict[str, dict[int, set[str]]], n_levels: int) -> list[Study]:
+    """Per model and domain: the test facts (in the base's order) and each cell group's correctness matrix."""
+    out = []
+    for model in dict.fromkeys(c["model"] for c in cells):
+        mine = [c for c in cells if c["model"] == model]
+        base = next((c for c in mine if c["cell"] == "base"), mine[0])
         for domain in DOMAINS:
-            rows.append({"model": cell["model"], "train_level": cell["train_level"], "size": cell["size"],
-                         "seed": cell["seed"], "train_facts": metrics.get("train_facts", 0), "domain": domain,
-                         "headline": metrics[domain].get("headline"), "micro": metrics[domain].get("micro"),
-                         **{f"L{lv}": metrics[domain].get(f"L{lv}") for lv in range(n_levels)},
-                         **{f"n_L{lv}": n for lv, n in enumerate(metrics[domain]["n"])}})
+            facts = [p for p in base["predictions"] if p["domain"] == domain]
+            if not facts:
+                continue
+            order = {p["fact_id"]: i for i, p in enumerate(facts)}
+            study = Study(model, domain, np.array([p["level"] for p in facts]),
+                          np.array([p["relation"] for p in facts]), n_levels)
+            groups: dict[tuple[str, str], list[np.ndarray]] = {}
+            for cell in mine:
+                row = np.zeros(len(facts))
+                for p in cell["predictions"]:
+                    if p["fact_id"] in order:
+                        row[order[p["fact_id"]]] = float(p["correct"])
+                groups.setdefault((cell["train_level"], cell["size"]), []).append(row)
+            study.cells = {(int(level), size): np.vstack(rows) for (level, size), rows in groups.items()
+                           if level != "base"}
+            study.base = np.vstack(groups[("base", "0")]) if ("base", "0") in groups else None
+            study.train_relations = train_relations.get(model, {})
+            out.append(study)
+    return out
+
+
+def grid_rows(all_studies: list[Study], cells: list[dict], min_facts: int, replicates: int) -> list[dict]:
+    """One row per (model, training level, size, domain), base included: mean and 95% interval over seeds and
+    test facts of the headline, micro accuracy and every test level's accuracy."""
+    rows = []
+    for study in all_studies:
+        groups = ([("base", "0", study.base)] if study.base is not None else []) + [
+            (str(level), size, matrix) for (level, size), matrix in sorted(study.cells.items())]
+        for level, size, matrix in groups:
+            train_facts = [c["metrics"].get("train_facts", 0) for c in cells
+                           if c["model"] == study.model and c["train_level"] == level and c["size"] == size]
+            arm = [Arm(matrix)]
+            head = bootstrap(arm, study.levels, partial(headline_of, n_levels=study.n_levels, min_facts=min_facts),
+                             replicates=replicates)
+            micro = bootstrap(arm, study.levels, partial(micro_of, n_levels=study.n_levels, min_facts=min_facts),
+                              replicates=replicates)
+            row = {"model": study.model, "train_level": level, "size": size, "domain": study.domain,
+                   "seeds": matrix.shape[0], "train_facts": round(float(np.mean(train_facts)), 1) if train_facts else 0,
+                   "headline": head.value, "headline_low": head.low, "headline_high": head.high,
+                   "micro": micro.value, "micro_low": micro.low, "micro_high": micro.high,
+                   "levels_left_out": " ".join(str(lv) for lv in range(study.n_levels)
+                                               if (study.levels == lv).sum() < min_facts)}
+            for lv in range(study.n_levels):
+                on_level = study.levels == lv
+                row[f"n_L{lv}"] = int(on_level.sum())
+                if on_level.any():
+                    est = bootstrap([Arm(matrix[:, on_level])], study.levels[on_level],
+                                    lambda m, test_levels: 100.0 * float(m.mean()), replicates=replicates)
+                    row.update({f"L{lv}": est.value, f"L{lv}_low": est.low, f"L{lv}_high": est.high})
+                else:
+                    row.update({f"L{lv}": None, f"L{lv}_low": None, f"L{lv}_high": None})
+            rows.append({k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()})
     return rows
 
 
 def summary(rows: list[dict]) -> dict:
-    """Headline accuracies keyed model -> cell -> domain: what `dvc exp show` and `metrics diff` compare."""
+    """Headline mean and interval keyed model -> cell group -> domain (what `dvc exp show` and `metrics diff`
+    compare)."""
     out: dict = {}
     for row in rows:
-        cell = "base" if row["train_level"] == "base" else cell_name(row["train_level"], row["size"], row["seed"])
-        out.setdefault(row["model"], {}).setdefault(cell, {})[row["domain"]] = row["headline"]
+        group = "base" if row["train_level"] == "base" else f"L{row['train_level']}-n{row['size']}"
+        out.setdefault(row["model"], {}).setdefault(group, {})[row["domain"]] = {
+            "headline": row["headline"], "low": row["headline_low"], "high": row["headline_high"],
+            "micro": row["micro"]}
     return out
 
 
@@ -69,9 +150,9 @@ def read_grid(path: Path) -> list[dict]:
         rows = list(csv.DictReader(handle))
     for row in rows:
         for key in list(row):
-            if key in ("headline", "micro") or re.fullmatch(r"L\d+", key):
+            if re.fullmatch(r"(headline|micro|L\d+)(_low|_high)?|train_facts", key):
                 row[key] = float(row[key]) if row[key] not in ("", None) else None
-            elif re.fullmatch(r"n_L\d+", key):
+            elif re.fullmatch(r"n_L\d+|seeds", key):
                 row[key] = int(row[key] or 0)
     return rows
 
@@ -80,4 +161,4 @@ def grid_levels(rows: list[dict]) -> range:
     """The test levels a grid holds (from its columns)."""
     if not rows:
         return range(0)
-    return range(sum(1 for key in rows[0] if re.fullmatch(r"L\d+", key)))
+    return range(sum(1 for key in rows[0] if re.fullmatch(r"n_L\d+", key)))

@@ -16,6 +16,7 @@ RAW_DIR = Path("data/raw/entityquestions")
 FACTS = Path("data/facts.jsonl")
 DOWNLOAD_METRICS = Path("metrics/download.json")
 PROBE_CACHE = Path("data/cache/probe")
+SCRATCH = Path("data/scratch")
 GRID = Path("metrics/grid.csv")
 SUMMARY = Path("metrics/summary.json")
 PLOTS = Path("plots")
@@ -74,6 +75,22 @@ def sft_metrics(model: str, cell: str) -> Path:
 
 def sft_log(model: str, cell: str) -> Path:
     return METRICS / "sft" / model / f"{cell}.csv"
+
+
+def sft_live(model: str, cell: str) -> Path:
+    """DVCLive's folder of the cell: metrics.json (last step) and plots/metrics/{loss,lr}.tsv per step."""
+    return METRICS / "sft" / model / f"{cell}-live"
+
+
+def sft_scratch(model: str, cell: str) -> Path:
+    """Full weights of a cell under sft.keep_weights false: not DVC-tracked, deleted once evaluated."""
+    return SCRATCH / "sft" / model / cell
+
+
+def dvc_stage(stage: str, model: str, cell: str) -> str:
+    """dvc.yaml's name of a grid stage instance, e.g. sft@gemma3-270m-4-60-0 for cell L4-n60-s0."""
+    level, size, seed = cell[1:].split("-n", 1)[0], *cell.split("-n", 1)[1].rsplit("-s", 1)
+    return f"{stage}@{model}-{level}-{size}-{seed}"
 
 
 def predictions(model: str, cell: str) -> Path:

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import itertools
-import statistics
-from collections import defaultdict
 from pathlib import Path
 
 from memqa.grid import grid_levels, read_grid
@@ -12,31 +10,34 @@ from memqa.io import read_jsonl, write_csv, write_json
 DOMAIN_TITLES = {"id": "in-domain", "ood": "out-of-domain"}
 
 
+def _size(row: dict) -> int:
+    return int(row["train_facts"]) if row["size"] == "all" else int(row["size"])
+
+
 def plot_acc_vs_size(plt, rows: list[dict], model: str, out: Path, dpi: int) -> list[dict]:
-    """Headline accuracy vs training size, one line per training level, seed spread as error bars."""
+    """Headline accuracy vs training size, one line per training level; error bars are the 95% bootstrap
+    interval over seeds and test facts (grid.csv), the base's interval a grey band."""
     data = []
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     for ax, (domain, title) in zip(axes, DOMAIN_TITLES.items(), strict=True):
-        mine = [r for r in rows if r["model"] == model and r["domain"] == domain]
-        base = [r["headline"] for r in mine if r["train_level"] == "base"]
+        mine = [r for r in rows if r["model"] == model and r["domain"] == domain and r["headline"] is not None]
         for level in sorted({r["train_level"] for r in mine if r["train_level"] != "base"}):
-            by_size = defaultdict(list)
-            for r in mine:
-                if r["train_level"] == level and r["headline"] is not None:
-                    by_size[int(r["train_facts"]) if r["size"] == "all" else int(r["size"])].append(r["headline"])
-            sizes = sorted(by_size)
-            means = [statistics.mean(by_size[s]) for s in sizes]
-            spread = [statistics.pstdev(by_size[s]) if len(by_size[s]) > 1 else 0.0 for s in sizes]
-            ax.errorbar(sizes, means, yerr=spread, marker="o", capsize=3, label=f"train level {level}")
-            data += [{"model": model, "domain": domain, "train_level": level, "size": s, "headline": round(m, 2),
-                      "seed_std": round(sd, 2)} for s, m, sd in zip(sizes, means, spread, strict=True)]
-        if base:
-            ax.axhline(base[0], color="grey", linestyle="--", label="untrained base")
+            points = sorted((r for r in mine if r["train_level"] == level), key=_size)
+            sizes, means = [_size(r) for r in points], [r["headline"] for r in points]
+            errors = [[r["headline"] - r["headline_low"] for r in points],
+                      [r["headline_high"] - r["headline"] for r in points]]
+            ax.errorbar(sizes, means, yerr=errors, marker="o", capsize=3, label=f"train level {level}")
+            data += [{"model": model, "domain": domain, "train_level": level, "size": _size(r),
+                      "headline": r["headline"], "low": r["headline_low"], "high": r["headline_high"],
+                      "seeds": r["seeds"]} for r in points]
+        for r in (r for r in mine if r["train_level"] == "base"):
+            ax.axhline(r["headline"], color="grey", linestyle="--", label="untrained base")
+            ax.axhspan(r["headline_low"], r["headline_high"], color="grey", alpha=0.15)
         ax.set_xscale("log")
         ax.set_xlabel("training facts (log scale)")
         ax.set_title(f"{title} test")
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("headline accuracy (%; mean over test levels present)")
+    axes[0].set_ylabel("headline accuracy (%), 95% interval")
     axes[1].legend(fontsize=8)
     fig.suptitle(f"{model}: QA accuracy vs SFT data size, by memory level of the training data")
     fig.tight_layout()
@@ -46,7 +47,8 @@ def plot_acc_vs_size(plt, rows: list[dict], model: str, out: Path, dpi: int) -> 
 
 
 def plot_diagonal(plt, rows: list[dict], model: str, out: Path, dpi: int) -> list[dict]:
-    """Train level x test level accuracy at the largest numeric size (mean over seeds), id and ood."""
+    """Train level x test level accuracy at the largest numeric size (over seeds), id and ood; each cell shows
+    the accuracy, its 95% interval and the number of test facts."""
     data = []
     levels = grid_levels(rows)
     mine = [r for r in rows if r["model"] == model]
@@ -55,32 +57,37 @@ def plot_diagonal(plt, rows: list[dict], model: str, out: Path, dpi: int) -> lis
         return data
     size = str(max(sizes))
     train_levels = ["base"] + sorted({r["train_level"] for r in mine if r["train_level"] != "base"})
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 1.2 + 0.9 * len(train_levels)))
     for ax, (domain, title) in zip(axes, DOMAIN_TITLES.items(), strict=True):
-        grid = []
+        grid, labels = [], []
         for level in train_levels:
-            cells = [r for r in mine if r["domain"] == domain and r["train_level"] == level
-                     and (level == "base" or r["size"] == size)]
-            row = []
+            row = next((r for r in mine if r["domain"] == domain and r["train_level"] == level
+                        and (level == "base" or r["size"] == size)), None)
+            values, texts = [], []
             for test_level in levels:
-                values = [c[f"L{test_level}"] for c in cells if c[f"L{test_level}"] is not None]
-                value = statistics.mean(values) if values else float("nan")
-                row.append(value)
+                value = None if row is None else row[f"L{test_level}"]
+                values.append(float("nan") if value is None else value)
+                texts.append("-" if value is None else f"{value:.0f}\n[{row[f'L{test_level}_low']:.0f}, "
+                             f"{row[f'L{test_level}_high']:.0f}]\nn={row[f'n_L{test_level}']}")
                 data.append({"model": model, "domain": domain, "train_level": level, "test_level": test_level,
-                             "accuracy": None if value != value else round(value, 2)})
-            grid.append(row)
+                             "accuracy": value, "low": None if value is None else row[f"L{test_level}_low"],
+                             "high": None if value is None else row[f"L{test_level}_high"],
+                             "n": None if row is None else row[f"n_L{test_level}"]})
+            grid.append(values)
+            labels.append(texts)
         image = ax.imshow(grid, cmap="viridis", vmin=0, vmax=100, aspect="auto")
-        for i, row in enumerate(grid):
-            for j, value in enumerate(row):
-                ax.text(j, i, "-" if value != value else f"{value:.0f}", ha="center", va="center",
-                        color="white" if value != value or value < 60 else "black", fontsize=8)
+        for i, row_texts in enumerate(labels):
+            for j, text in enumerate(row_texts):
+                value = grid[i][j]
+                ax.text(j, i, text, ha="center", va="center", fontsize=6.5,
+                        color="white" if value != value or value < 60 else "black")
         ax.set_xticks(range(len(levels)), [str(lv) for lv in levels])
         ax.set_yticks(range(len(train_levels)), [f"train {lv}" if lv != "base" else "base (0 facts)"
                                                   for lv in train_levels])
         ax.set_xlabel("test memory level")
         ax.set_title(f"{title}, n={size}")
         fig.colorbar(image, ax=ax, label="accuracy (%)")
-    fig.suptitle(f"{model}: accuracy by training level (rows) and test level (columns)")
+    fig.suptitle(f"{model}: accuracy [95% interval] by training level (rows) and test level (columns)")
     fig.tight_layout()
     fig.savefig(out / "png" / f"diagonal-{model}.png", dpi=dpi)
     plt.close(fig)
@@ -159,8 +166,10 @@ def run_plot(models: list[str], grid_path: Path, probe_root: Path, out: Path, dp
     level_data = plot_levels(plt, scores, levels, out, dpi)
     agreement = plot_cross_model(plt, scores, levels, out, dpi)
     data = out / "data"
-    write_csv(data / "acc_vs_size.csv", size_data, ["model", "domain", "train_level", "size", "headline", "seed_std"])
-    write_csv(data / "diagonal.csv", diagonal_data, ["model", "domain", "train_level", "test_level", "accuracy"])
+    write_csv(data / "acc_vs_size.csv", size_data,
+              ["model", "domain", "train_level", "size", "headline", "low", "high", "seeds"])
+    write_csv(data / "diagonal.csv", diagonal_data,
+              ["model", "domain", "train_level", "test_level", "accuracy", "low", "high", "n"])
     write_csv(data / "levels.csv", level_data, ["model", "group", "level", "facts", "share"])
     write_json(out / "data" / "cross_model.json", agreement)
     return agreement

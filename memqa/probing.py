@@ -13,7 +13,7 @@ from tqdm import tqdm
 from memqa import engine
 from memqa.errors import MemqaError
 from memqa.io import write_jsonl
-from memqa.matching import get_matcher
+from memqa.matching import contains, get_matcher
 from memqa.memory import GROUPS, add_levels, level_counts, probe_group
 from memqa.prompts import fill, templates_for
 
@@ -34,21 +34,54 @@ def shard_plan(facts: list[dict], chunk_size: int) -> list[tuple[str, list[dict]
     return plan
 
 
+# The modules whose code decides a score (loading, prompts, engine, matcher, this file). A change to any of
+# them must invalidate finished shards; a change elsewhere (config, levels, IO) must not.
+SCORING_CODE = tuple(Path(__file__).parent / f"{name}.py" for name in ("engine", "matching", "models", "probing",
+                                                                       "prompts"))
+
+
 def fingerprint(conf: dict, model_dir: Path, facts_path: Path, templates_path: Path) -> str:
-    """Identifies a probe run's inputs; shards of another fingerprint are never mixed in."""
+    """Identifies everything that determines a shard's scores: params, weights, facts, templates and code.
+
+    Shards of another fingerprint are never mixed in. The weights enter through their digest (recorded at
+    materialisation, else computed), so a model folder retrained in place gets a new key.
+    """
+    from memqa.models import weights_sha256
+
     relevant = {k: v for k, v in conf.items() if k not in ("level_bounds", "crosscheck_facts")}
     if float(conf["temperature"]) == 0:
         relevant.pop("batch_size", None)  # greedy results do not depend on it
     model_info = json.loads((model_dir / "memqa_model.json").read_text())
-    model_info.pop("wall_s", None)  # re-materialising the same source must not invalidate finished shards
-    digest = hashlib.sha256(json.dumps([relevant, model_info], sort_keys=True).encode())
-    for path in (model_dir / "config.json", facts_path, templates_path):
+    weights = model_info.get("weights_sha256") or weights_sha256(model_dir)
+    digest = hashlib.sha256(json.dumps([relevant, weights], sort_keys=True).encode())
+    for path in (model_dir / "config.json", facts_path, templates_path, *SCORING_CODE):
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
 
 
+def answer_settled(matcher, text: str, answers: list[str]) -> bool:
+    """True when a completion's text so far already counts as correct, whatever tokens may follow.
+
+    A trailing U+FFFD (a character whose remaining bytes are still to come) is not judged. `contains`
+    only gains matches as text is appended (normalising is character by character), so a match is
+    final. A word-aligned matcher (token_sequence) could lose one ('Paris' -> 'Parisian'): it judges
+    only the text before the last whitespace, whose words no later token can extend.
+    """
+    text = text.rstrip("\ufffd")
+    if matcher is not contains:
+        text = text[:max((i for i, ch in enumerate(text) if ch.isspace()), default=0)]
+    return matcher(text, answers)
+
+
 def score_facts(model, tokenizer, facts: list[dict], conf: dict, method: str, seed: int) -> list[dict]:
-    """One row per fact: R, per-template results, and (sampling, when asked) the completions."""
+    """One row per fact: R, per-template results, and (sampling, when asked) the completions.
+
+    Sampling stops a completion as soon as it contains a gold answer (answer_settled): later tokens
+    could not change whether it counts, so R is the same as from full-length completions, at a fraction
+    of the decoding. Saved completions (save_completions) are therefore cut where the answer was found.
+    That relies on decoding a prefix of the tokens giving a prefix of the text (byte-level BPE and
+    SentencePiece decoders do); a tokenizer that cleans up spaces on decoding decodes to full length.
+    """
     n_templates, n_samples = int(conf["templates"]), int(conf["samples"])
     temperature = float(conf["temperature"])
     # prompts are laid out fact by fact, n_templates each
@@ -58,9 +91,14 @@ def score_facts(model, tokenizer, facts: list[dict], conf: dict, method: str, se
     if method == "sample":
         matcher = get_matcher(conf["matcher"])
         samples = 1 if temperature == 0 else n_samples
+
+        def found(p: int, text: str) -> bool:  # prompt p belongs to fact p // per_fact
+            return answer_settled(matcher, text, facts[p // per_fact]["answers"])
+
+        stop_when = None if getattr(tokenizer, "clean_up_tokenization_spaces", False) else found
         completions = engine.generate(model, tokenizer, prompts, max_new_tokens=int(conf["max_new_tokens"]),
-                                          num_samples=samples, temperature=temperature,
-                                          batch_size=int(conf["batch_size"]), seed=seed)
+                                      num_samples=samples, temperature=temperature,
+                                      batch_size=int(conf["batch_size"]), seed=seed, stop_when=stop_when)
         for f, fact in enumerate(facts):
             mine = completions[f * per_fact:(f + 1) * per_fact]
             correct = [sum(matcher(text, fact["answers"]) for text in texts) for texts in mine]
@@ -93,13 +131,17 @@ def _shard_seed(seed: int, name: str) -> int:
 
 
 def probe_sharded(model, tokenizer, facts: list[dict], conf: dict, shard_dir: Path, method: str | None = None,
-                  desc: str = "probe") -> list[dict]:
-    """Score facts shard by shard; finished shards on disk are reused, so a killed run resumes."""
+                  desc: str = "probe") -> tuple[list[dict], int]:
+    """Score facts shard by shard; finished shards on disk are reused, so a killed run resumes.
+
+    Returns the rows and how many shards were reused rather than computed.
+    """
     method = method or conf["method"]
     shard_dir.mkdir(parents=True, exist_ok=True)
     plan = shard_plan(facts, int(conf["chunk_size"]))
     total = sum(len(rows) for _, rows in plan)
-    done = sum(len(rows) for name, rows in plan if (shard_dir / f"{name}.jsonl").is_file())
+    reused = [name for name, _ in plan if (shard_dir / f"{name}.jsonl").is_file()]
+    done = sum(len(rows) for name, rows in plan if name in reused)
     results: list[dict] = []
     with tqdm(total=total, initial=done, desc=desc, unit="fact", dynamic_ncols=True) as bar:
         for name, rows in plan:
@@ -111,7 +153,7 @@ def probe_sharded(model, tokenizer, facts: list[dict], conf: dict, shard_dir: Pa
                 bar.set_postfix_str(name)
             with path.open() as handle:
                 results.extend(json.loads(line) for line in handle)
-    return results
+    return results, len(reused)
 
 
 def crosscheck(model, tokenizer, facts: list[dict], main_rows: list[dict], conf: dict, shard_dir: Path) -> dict:
@@ -123,7 +165,9 @@ def crosscheck(model, tokenizer, facts: list[dict], main_rows: list[dict], conf:
     step = max(1, len(facts) // n)
     subset = facts[::step][:n]
     other = METHODS[1 - METHODS.index(conf["method"])]
-    other_rows = probe_sharded(model, tokenizer, subset, conf, shard_dir, method=other, desc=f"crosscheck {other}")
+    subset_key = hashlib.sha256("\n".join(f["fact_id"] for f in subset).encode()).hexdigest()[:12]
+    other_rows, _ = probe_sharded(model, tokenizer, subset, conf, shard_dir / f"crosscheck-{other}-{subset_key}",
+                                  method=other, desc=f"crosscheck {other}")
     add_levels(other_rows, conf)
     main_by_id = {r["fact_id"]: r for r in main_rows}
     pairs = [(main_by_id[r["fact_id"]], r) for r in other_rows]
@@ -145,16 +189,16 @@ def run_probe(model_name: str, conf: dict, facts: list[dict], model_dir: Path, c
     facts = [f for f in facts if probe_group(f)]
     if not facts:
         raise MemqaError(f"{facts_path} holds no train or test facts: check download.per_relation")
+    started = time.time()
     model, tokenizer = load_model(model_dir, conf.get("dtype", "bfloat16"))
     shard_dir = cache_root / model_name / fingerprint(conf, model_dir, facts_path, templates_path)
-    started = time.time()
-    rows = probe_sharded(model, tokenizer, facts, conf, shard_dir / conf["method"], desc=f"probe {model_name}")
-    wall = time.time() - started
+    rows, reused = probe_sharded(model, tokenizer, facts, conf, shard_dir / conf["method"], desc=f"probe {model_name}")
     add_levels(rows, conf)
     metrics = {
         "method": conf["method"],
         "facts": len(rows),
-        "wall_s": round(wall, 1),
+        "shards": len(shard_plan(facts, int(conf["chunk_size"]))),
+        "shards_reused": reused,
         "level_counts": level_counts(rows, conf["level_bounds"]),
         "mean_score": {g: round(sum(r["score"] for r in rows if r["group"] == g) /
                                 max(1, sum(r["group"] == g for r in rows)), 4) for g in GROUPS},
@@ -162,4 +206,5 @@ def run_probe(model_name: str, conf: dict, facts: list[dict], model_dir: Path, c
     }
     if int(conf.get("crosscheck_facts") or 0) > 0:
         metrics["crosscheck"] = crosscheck(model, tokenizer, facts, rows, conf, shard_dir)
+    metrics["wall_s"] = round(time.time() - started, 3)  # the stage's time, shards reused or not
     return rows, metrics

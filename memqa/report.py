@@ -1,12 +1,12 @@
-"""REPORT.md: what was run, the grid, the level distributions, the figures, a side-by-side with the published
-numbers, and which of the paper's findings this run reproduces."""
+"""REPORT.md: the verdict table first, then what was run (data, precision, deviations from the paper), the level
+distributions, the grid with intervals, the figures, and a side-by-side with the published numbers."""
 from __future__ import annotations
 
 import json
 import statistics
 from pathlib import Path
 
-from memqa.accuracy import DOMAINS, headline
+from memqa.accuracy import DOMAINS
 from memqa.config import section
 from memqa.grid import grid_levels
 
@@ -33,96 +33,31 @@ def deviations(params: dict) -> list[str]:
     return lines
 
 
-MIN_LEVEL_FACTS = 5  # a test level with fewer facts does not vote in the findings
+def interval(value, low, high) -> str:
+    return "-" if value is None else f"{value:.1f} [{low:.1f}, {high:.1f}]"
 
 
-def voting_levels(row: dict) -> list[int]:
-    levels = range(sum(1 for key in row if key.startswith("n_L")))
-    return [lv for lv in levels if row[f"L{lv}"] is not None and row.get(f"n_L{lv}", 0) >= MIN_LEVEL_FACTS]
-
-
-def robust_headline(row: dict) -> float | None:
-    """The headline over the test levels holding at least MIN_LEVEL_FACTS facts."""
-    return headline([row[f"L{lv}"] for lv in voting_levels(row)])
-
-
-def headline_by_level(rows: list[dict], model: str, domain: str, robust: bool = False) -> dict[str, float]:
-    """Mean headline per training level (over sizes and seeds), base included."""
+def headline_by_level(rows: list[dict], model: str, domain: str) -> dict[str, float]:
+    """Mean headline per training level over its sizes (each already a mean over seeds), base included."""
     out: dict[str, list[float]] = {}
     for r in rows:
-        value = robust_headline(r) if robust else r["headline"]
-        if r["model"] == model and r["domain"] == domain and value is not None:
-            out.setdefault(r["train_level"], []).append(value)
+        if r["model"] == model and r["domain"] == domain and r["headline"] is not None:
+            out.setdefault(r["train_level"], []).append(r["headline"])
     return {k: statistics.mean(v) for k, v in out.items()}
 
 
-def findings(rows: list[dict], models: list[str], sizes: list) -> list[str]:
-    """Each of the paper's claims, checked on this run's numbers: reproduced, not reproduced, or not tested.
-
-    Only test levels with at least MIN_LEVEL_FACTS facts vote; "headline" here is their mean accuracy.
-    """
-    lines = [f"Only test levels holding at least {MIN_LEVEL_FACTS} facts count below; headline = their mean.", ""]
-    numeric = sorted({int(s) for s in sizes if str(s).isdigit()})
-    best_level = {}
-    for model in models:
-        mine = [r for r in rows if r["model"] == model and r["train_level"] != "base"]
-        if not mine:
-            lines.append(f"- **{model}**: no evaluated training cell (all skipped?); nothing to check.")
-            continue
-        if len(numeric) > 1 and 60 in numeric:
-            by_size = {}
-            for size in numeric:
-                values = [robust_headline(r) for r in mine if r["size"] == str(size)]
-                values = [v for v in values if v is not None]
-                if values:
-                    by_size[size] = statistics.mean(values)
-            if 60 in by_size:
-                best = max(by_size.values())
-                verdict = "reproduced" if by_size[60] >= best - 5 else "not reproduced"
-                lines.append(f"- **{model}, 60 points suffice**: {verdict} (headline at 60: {by_size[60]:.1f}, "
-                             f"best size: {best:.1f}).")
-        else:
-            lines.append(f"- **{model}, 60 points suffice**: not tested (one training size: {numeric or sizes}).")
-        rising = []
-        for r in mine:
-            levels = voting_levels(r)
-            if len(levels) >= 2:
-                rising.append(r[f"L{levels[-1]}"] > r[f"L{levels[0]}"])
-        if rising:
-            lines.append(f"- **{model}, higher accuracy on higher-memory test facts**: "
-                         f"{'reproduced' if sum(rising) >= 0.8 * len(rising) else 'not reproduced'} "
-                         f"(highest voting test level above the lowest in {sum(rising)}/{len(rising)} cells).")
-        hits, tested = 0, 0
-        for domain in DOMAINS:
-            for lv in grid_levels(rows):
-                # every size and seed of a training level counts: its mean, not whichever row sorts last
-                values: dict[str, list[float]] = {}
-                for r in mine:
-                    if r["domain"] == domain and lv in voting_levels(r):
-                        values.setdefault(r["train_level"], []).append(r[f"L{lv}"])
-                column = {level: statistics.mean(v) for level, v in values.items()}
-                if str(lv) in column and len(column) > 1:
-                    tested += 1
-                    hits += column[str(lv)] >= max(column.values())
-        lines.append(f"- **{model}, diagonal** (training on level i best for test level i): " +
-                     (f"{'reproduced' if hits > tested / 2 else 'not reproduced'} ({hits}/{tested} test-level "
-                      "columns where level i was trained and tested)." if tested else
-                      "not tested (no test level with two or more training levels)."))
-        for domain in DOMAINS:
-            means = {k: v for k, v in headline_by_level(rows, model, domain, robust=True).items() if k != "base"}
-            if "0" in means and len(means) > 1:
-                others = statistics.mean(v for k, v in means.items() if k != "0")
-                lines.append(f"- **{model}, level-0 data hurts ({domain})**: "
-                             f"{'reproduced' if means['0'] < others else 'not reproduced'} "
-                             f"(train-0 {means['0']:.1f} vs other levels {others:.1f}).")
-            if means:
-                best = max(means, key=means.get)
-                best_level.setdefault(model, best)
-                lines.append(f"- **{model}, best training level ({domain})**: level {best} ({means[best]:.1f}).")
-    if len(best_level) > 1:
-        differs = len(set(best_level.values())) > 1
-        lines.append(f"- **The best SFT set is model-specific**: {'reproduced' if differs else 'not reproduced'} "
-                     f"(in-domain best training level: {', '.join(f'{m} {lv}' for m, lv in best_level.items())}).")
+def verdict_table(verdicts: list[dict]) -> list[str]:
+    lines = ["| claim | model | domain | verdict | effect [95% interval] | same, relations in both training sets | "
+             "test facts | seeds | statistic |", "|---|---|---|---|---|---|---|---|---|"]
+    for v in verdicts:
+        effect, restricted = v["effect"], v["restricted_to_shared_relations"]
+        shown = "-" if effect is None else interval(effect["value"], effect["low"], effect["high"])
+        same = "-" if restricted is None else (interval(restricted["value"], restricted["low"], restricted["high"])
+                                               + f", {restricted['facts']} facts")
+        note = f" ({v['note']})" if v["note"] else ""
+        lines.append(f"| {v['claim']} | {v['model']} | {v['domain']} | **{v['verdict']}** | {shown} | {same} | "
+                     f"{'-' if effect is None else effect['facts']} | {'-' if effect is None else effect['seeds']} | "
+                     f"{v['statistic']}{note} |")
     return lines
 
 
@@ -137,12 +72,21 @@ def stage_precisions(metrics_root: Path, models: list[str], stage: str) -> dict[
     return found
 
 
-def build_report(params: dict, rows: list[dict], metrics_root: Path, plots_dir: Path, reference: dict) -> str:
+def build_report(params: dict, rows: list[dict], verdicts: list[dict], metrics_root: Path, plots_dir: Path,
+                 reference: dict) -> str:
     models = list(section(params, "models"))
     levels = grid_levels(rows)
+    report = section(params, "report")
     out = ["# memqa report", "",
            "Generated by `memqa report` (a DVC stage) from this run's metrics; every number below is measured "
-           "in this run unless it is marked as published.", "", "## What was run", "",
+           "in this run unless it is marked as published.", "", "## Verdicts", "",
+           "Each claim of Ye et al. 2024 as a test with a stated statistic (points of accuracy). Intervals are 95% "
+           "bootstrap intervals resampling seeds (training sets) and test facts; comparisons are paired over the "
+           "same test facts and pool every size and seed of a training level. **reproduced**: the interval lies "
+           "on the claim's side; **contradicted**: on the other side; **inconclusive**: it straddles (or too few "
+           f"facts). Test levels with fewer than {report['min_level_facts']} facts are left out; the non-inferiority "
+           f"margin of \"60 points suffice\" is {report['margin']:g} points.", "",
+           *verdict_table(verdicts), "", "## What was run", "",
            "| model | source | parameters | dtype |", "|---|---|---|---|"]
     for model in models:
         info_path = metrics_root / model / "model.json"
@@ -183,16 +127,17 @@ def build_report(params: dict, rows: list[dict], metrics_root: Path, plots_dir: 
             out.append(f"Level agreement {pair.replace('~', ' vs ')}: Cohen's kappa {agreement['cohen_kappa']}, "
                        f"same level for {100 * agreement['same_level']:.1f}% of {agreement['facts']} facts.")
         out += ["", f"![cross-model]({plots_dir}/png/cross_model.png)", ""]
-    out += ["## Results grid", "", "Accuracy (%) per test level and headline (mean of the levels present); "
-            "`-` = no test fact of that level in the subsample. The headline weighs every present level equally, "
-            "so a level holding one or two test facts (see the level counts above) swings it by tens of points; "
-            "micro accuracy is the steadier number on a small subsample.", "",
-            "| model | train level | size | seed | train facts | domain | " + "".join(f"L{lv} | " for lv in levels)
+    out += ["## Results grid", "", "Accuracy (%) per test level, headline (mean over the test levels with at least "
+            f"{report['min_level_facts']} facts) and micro accuracy: mean over seeds [95% interval over seeds and "
+            "test facts]; `-` = no test fact of that level.", "",
+            "| model | train level | size | seeds | train facts | domain | " + "".join(f"L{lv} (n) | " for lv in levels)
             + "headline | micro |", "|---|---|---|---|---|---|" + "---|" * len(levels) + "---|---|"]
     for r in rows:
-        accuracies = " | ".join(fmt(r[f"L{lv}"]) for lv in levels)
-        out.append(f"| {r['model']} | {r['train_level']} | {r['size']} | {r['seed']} | {r['train_facts']} | "
-                   f"{r['domain']} | {accuracies} | {fmt(r['headline'])} | {fmt(r['micro'])} |")
+        accuracies = " | ".join(f"{interval(r[f'L{lv}'], r[f'L{lv}_low'], r[f'L{lv}_high'])} ({r[f'n_L{lv}']})"
+                                for lv in levels)
+        out.append(f"| {r['model']} | {r['train_level']} | {r['size']} | {r['seeds']} | {fmt(r['train_facts'])} | "
+                   f"{r['domain']} | {accuracies} | {interval(r['headline'], r['headline_low'], r['headline_high'])} | "
+                   f"{interval(r['micro'], r['micro_low'], r['micro_high'])} |")
     split_cells = []
     for model in models:
         path = metrics_root / model / "split.json"
@@ -210,7 +155,7 @@ def build_report(params: dict, rows: list[dict], metrics_root: Path, plots_dir: 
     out += ["## Published reference (side by side)", "",
             "Published headline accuracy (%) after full fine-tuning on 1920 facts per training level "
             "(ye2025 Table 2, LLaMA-3-8B, same pipeline as ye2024) next to this run's mean headline per training "
-            "level (all sizes and seeds). Different models and scale: compare the shape, not the values.", "",
+            "level (mean over its sizes and seeds). Different models and scale: compare the shape, not the values.", "",
             "| train level | published id | published ood | " +
             " | ".join(f"{m} id | {m} ood" for m in models) + " |",
             "|---|---|---|" + "---|---|" * len(models)]
@@ -222,7 +167,5 @@ def build_report(params: dict, rows: list[dict], metrics_root: Path, plots_dir: 
         out.append(f"| {lv} | {fmt(pub[0])} | {fmt(pub[1])} | {mine} |")
     base = " | ".join(f"{fmt(ours[m]['id'].get('base'))} | {fmt(ours[m]['ood'].get('base'))}" for m in models)
     out.append(f"| untrained base | - | - | {base} |")
-    out += ["", "Published claims (ye2024): " + "; ".join(reference.get("claims_ye2024", [])) + ".", "",
-            "## Which findings this run reproduces", "",
-            *findings(rows, models, section(params, "split")["sizes"]), ""]
+    out += ["", "Published claims (ye2024): " + "; ".join(reference.get("claims_ye2024", [])) + ".", ""]
     return "\n".join(out) + "\n"

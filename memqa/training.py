@@ -1,21 +1,34 @@
 """Supervised fine-tuning in the paper's QA format, by QLoRA (default), LoRA or full fine-tuning.
 
-A plain PyTorch loop under `accelerate`, so `accelerate launch` runs it data-parallel unchanged.
+A plain PyTorch loop under `accelerate`, so `accelerate launch` runs it data-parallel (DDP) or sharded (FSDP,
+full fine-tuning) unchanged. `sft.batch_size` is the global batch: each of P processes takes
+batch_size / (P x grad_accum) examples per micro-batch, and the loss of an optimizer step is the mean over
+every answer token of the global batch, so the loss curve does not depend on P or grad_accum (tested).
+Only the main process writes files.
 """
 from __future__ import annotations
 
+import itertools
+import json
 import math
+import os
 import random
 import resource
+import shlex
 import shutil
+import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 
+from memqa.errors import MemqaError
 from memqa.io import write_csv, write_json
 from memqa.models import compute_dtype, load_base, precision
 from memqa.prompts import qa_prompt
+
+LAUNCH_ENV = "MEMQA_ACCELERATE"  # e.g. "--config_file configs/accelerate/fsdp.yaml --num_processes 8"
 
 
 def qa_example(tokenizer, question: str, answer: str, max_length: int) -> dict[str, list[int]]:
@@ -61,9 +74,112 @@ def seed_everything(seed: int) -> None:
         torch.cuda.manual_seed_all(seed)
 
 
-def train(model, tokenizer, facts: list[dict], conf: dict, method: str, seed: int, log_path: Path) -> dict:
-    """One run of SFT on facts (question, answers[0]); writes loss per optimizer step to log_path (CSV)."""
+def process_state():
+    """This process's place under `accelerate launch` / torchrun (one process, rank 0, otherwise). Without a GPU
+    the processes join a gloo group (accelerate's MULTI_CPU), which is how the tests run 2 processes."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
+def is_main_process() -> bool:
+    return process_state().is_main_process
+
+
+def relaunch_command(argv: list[str], environ: dict[str, str] | None = None) -> list[str] | None:
+    """The `accelerate launch` command that reruns argv (a script and its arguments) on several processes, when
+    $MEMQA_ACCELERATE holds launcher options and this process is not already under a launcher; else None.
+
+    DVC runs `python stages/sft.py ...`; the launcher options live in the environment, not in dvc.yaml, so the
+    same stage runs on 1, 4 or 8 GPUs without changing its command (the loss curve does not depend on it)."""
+    environ = os.environ if environ is None else environ
+    options = environ.get(LAUNCH_ENV, "").strip()
+    if not options or "LOCAL_RANK" in environ:
+        return None
+    return [sys.executable, "-m", "accelerate.commands.launch", *shlex.split(options), *argv]
+
+
+def relaunch(argv: list[str]) -> int | None:
+    """Run relaunch_command(argv) (its processes without $MEMQA_ACCELERATE) and return its exit code; None when
+    there is nothing to relaunch."""
+    import subprocess
+
+    command = relaunch_command(argv)
+    if command is None:
+        return None
+    return subprocess.call(command, env={k: v for k, v in os.environ.items() if k != LAUNCH_ENV})
+
+
+def per_device_batch(batch_size: int, processes: int, grad_accum: int) -> int:
+    """sft.batch_size is the global batch: processes x grad_accum micro-batches of this many examples."""
+    parts = processes * grad_accum
+    if batch_size % parts:
+        fit = batch_size + (-batch_size) % parts
+        raise MemqaError(f"sft.batch_size {batch_size} is the global batch and must be a multiple of processes "
+                         f"({processes}) x sft.grad_accum ({grad_accum}) = {parts}: set -S sft.batch_size={fit}, "
+                         "or launch a number of processes that divides it")
+    return batch_size // parts
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """A seeded permutation of the n examples per epoch, then `pad` copies of index n (a blank example: no
+    loss), so that the sampled length is a multiple of `multiple` (per-device batch x processes).
+
+    accelerate's sharding then gives every process the same number of full micro-batches, and step k of any
+    launch holds examples k*B .. (k+1)*B-1 of the permutation (B the global batch): the blanks fill the last
+    step, where accelerate's own `even_batches` would repeat the first examples instead."""
+
+    def __init__(self, n: int, multiple: int, seed: int):
+        self.n, self.pad = n, (-n) % multiple
+        self.generator = torch.Generator().manual_seed(seed)  # named `generator`: accelerate keeps it in sync
+
+    def __len__(self) -> int:
+        return self.n + self.pad
+
+    def __iter__(self):
+        yield from torch.randperm(self.n, generator=self.generator).tolist()
+        yield from [self.n] * self.pad
+
+
+def answer_tokens(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Tokens the loss counts: labels after the causal shift that are not -100."""
+    return (batch["labels"][:, 1:] != -100).sum()
+
+
+def summed_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Cross-entropy summed over the answer tokens of a micro-batch (fp32 logits), for a global token mean."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch["labels"][:, 1:].flatten(),
+                                             ignore_index=-100, reduction="sum")
+
+
+def start_live(live_dir: Path | None):
+    """A DVCLive logger (step loss and lr, so `dvc exp show` follows a running experiment); main process only."""
+    if live_dir is None or not is_main_process():
+        return None
+    from dvclive import Live
+
+    return Live(dir=str(live_dir), dvcyaml=False, save_dvc_exp=False)
+
+
+def end_live(live, summary: dict | None = None) -> None:
+    if live is None:
+        return
+    live.summary.update(summary or {})
+    live.end()
+    plots = Path(live.dir) / "plots" / "metrics"  # a declared DVC plot: exists, with headers, even when empty
+    for name in ("loss", "lr"):
+        if not (plots / f"{name}.tsv").is_file():
+            plots.mkdir(parents=True, exist_ok=True)
+            (plots / f"{name}.tsv").write_text(f"step\t{name}\n")
+
+
+def train(model, tokenizer, facts: list[dict], conf: dict, method: str, seed: int, log_path: Path,
+          live_dir: Path | None = None) -> dict:
+    """One run of SFT on facts (question, answers[0]); the main process writes loss and lr per optimizer step
+    to log_path (CSV) and to DVCLive in live_dir."""
     from accelerate import Accelerator
+    from accelerate.utils import DistributedType
     from transformers import get_cosine_schedule_with_warmup
 
     seed_everything(seed)
@@ -72,78 +188,141 @@ def train(model, tokenizer, facts: list[dict], conf: dict, method: str, seed: in
     # Full fine-tuning: fp32 master weights, and autocast for a lower compute dtype. Adapters already hold
     # their weights in fp32 (peft) over a frozen base in the compute dtype.
     mixed = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "no") if method == "full" else "no"
-    accelerator = Accelerator(gradient_accumulation_steps=int(conf["grad_accum"]), mixed_precision=mixed,
-                              cpu=not torch.cuda.is_available())
+    accelerator = Accelerator(mixed_precision=mixed, cpu=not torch.cuda.is_available())
+    sharded = accelerator.distributed_type == DistributedType.FSDP
+    if sharded and method != "full":
+        raise MemqaError(f"sft.method {method} under FSDP is not supported: launch adapters with "
+                         "configs/accelerate/ddp.yaml (FSDP is for full fine-tuning)")
+    processes, grad_accum = accelerator.num_processes, int(conf["grad_accum"])
+    global_batch, epochs = int(conf["batch_size"]), int(conf["epochs"])
+    per_device = per_device_batch(global_batch, processes, grad_accum)
     examples = [qa_example(tokenizer, f["question"], f["answers"][0], int(conf["max_length"])) for f in facts]
-    loader = torch.utils.data.DataLoader(examples, batch_size=int(conf["batch_size"]), shuffle=True,
-                                         generator=torch.Generator().manual_seed(seed),
+    blank = {"input_ids": [tokenizer.pad_token_id], "labels": [-100]}
+    sampler = EpochSampler(len(examples), per_device * processes if processes > 1 else 1, seed)
+    loader = torch.utils.data.DataLoader(examples + [blank], batch_size=per_device, sampler=sampler,
                                          collate_fn=lambda batch: collate(batch, tokenizer.pad_token_id))
     lr = float(conf["lr_full"] if method == "full" else conf["lr"])
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=float(conf["weight_decay"]))
-    steps = math.ceil(len(loader) / int(conf["grad_accum"])) * int(conf["epochs"])
+    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    steps = math.ceil(len(examples) / global_batch) * epochs
+    model = accelerator.prepare(model)  # before the optimizer: FSDP replaces the parameters
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr,
+                                  weight_decay=float(conf["weight_decay"]))
+    optimizer, loader = accelerator.prepare(optimizer, loader)
+    # Not prepared: stepped here once per optimizer step (accelerate would step it once per process).
     scheduler = get_cosine_schedule_with_warmup(optimizer, int(float(conf["warmup_ratio"]) * steps), steps)
-    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     model.train()
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    started, tokens, step, log = time.time(), 0, 0, []
-    window: list[float] = []
-    for _ in range(int(conf["epochs"])):
-        for batch in loader:
-            with accelerator.accumulate(model):
-                loss = model(**batch).loss
-                accelerator.backward(loss)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad()
-            tokens += int(batch["attention_mask"].sum())
-            window.append(float(loss.detach()))
-            if accelerator.sync_gradients:
-                step += 1
-                log.append({"step": step, "loss": round(sum(window) / len(window), 5),
-                            "lr": scheduler.get_last_lr()[0]})
-                window = []
+    live = start_live(live_dir)
+    started, tokens, step, log = time.time(), torch.zeros((), dtype=torch.long), 0, []
+    for _ in range(epochs):
+        batches = iter(loader)
+        while group := list(itertools.islice(batches, grad_accum)):
+            # One optimizer step: grad_accum micro-batches on each process. Every micro-batch's summed token
+            # loss is divided by the answer tokens of the whole global batch (times P: DDP and FSDP average
+            # gradients over processes), so the gradient is the global token mean whatever P and grad_accum.
+            counted = accelerator.reduce(torch.stack([answer_tokens(b) for b in group]).sum(), "sum")
+            scale = processes / counted.clamp(min=1).float()
+            step_loss = torch.zeros((), device=accelerator.device)
+            for i, batch in enumerate(group):
+                # FSDP's no_sync would keep full unsharded gradients: it syncs every micro-batch instead
+                quiet = i < len(group) - 1 and not sharded
+                with accelerator.no_sync(model) if quiet else nullcontext():
+                    loss = summed_loss(model, batch)
+                    accelerator.backward(loss * scale)
+                step_loss += loss.detach()
+                tokens += batch["attention_mask"][(batch["labels"] != -100).any(1)].sum().cpu()
+            optimizer.step()
+            applied = scheduler.get_last_lr()[0]  # the lr this step used
+            scheduler.step()
+            optimizer.zero_grad()
+            step += 1
+            mean = float(accelerator.reduce(step_loss, "sum") / counted.clamp(min=1))
+            log.append({"step": step, "loss": round(mean, 5), "lr": applied})
+            if live is not None:
+                live.step = step
+                live.log_metric("loss", round(mean, 5))
+                live.log_metric("lr", applied)
+                live.next_step()
     wall = time.time() - started
+    tokens = int(accelerator.reduce(tokens.to(accelerator.device), "sum"))
     model.eval()
     if accelerator.is_main_process:
         write_csv(log_path, log, ["step", "loss", "lr"])
+    end_live(live)
     peak = (torch.cuda.max_memory_allocated() if torch.cuda.is_available()
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     return {
-        "method": method, "facts": len(facts), "steps": step, "epochs": int(conf["epochs"]), "lr": lr,
-        "device": str(accelerator.device), "processes": accelerator.num_processes,
+        "method": method, "facts": len(facts), "steps": step, "epochs": epochs, "lr": lr,
+        "device": str(accelerator.device), "processes": processes, "distributed": accelerator.distributed_type.value,
+        "global_batch": global_batch, "per_device_batch": per_device, "grad_accum": grad_accum,
         "dtype": str(dtype).removeprefix("torch."), "precision": precision(conf, method, training=True),
-        "trainable_parameters": sum(p.numel() for p in trainable), "wall_s": round(wall, 2),
+        "trainable_parameters": n_trainable, "wall_s": round(wall, 2),
         "tokens_per_s": round(tokens / wall, 1) if wall else None,
         "peak_memory_mb": round(peak / 2**20, 1), "final_loss": log[-1]["loss"] if log else None,
-        "model": accelerator.unwrap_model(model),
+        "model": model, "accelerator": accelerator,
     }
 
 
-def fine_tune(facts: list[dict], conf: dict, seed: int, model_dir: Path, out_dir: Path, log_path: Path) -> dict:
-    """Train on facts and save the adapter (or full weights) and train_info.json into out_dir, atomically.
+def save_trained(accelerator, model, tokenizer, method: str, dtype: torch.dtype, folder: Path) -> None:
+    """Adapters, or full weights in the compute dtype they are evaluated in (not the fp32 master copy).
 
+    Under FSDP every process holds a shard: get_state_dict gathers the full state dict onto the main process
+    (fsdp_state_dict_type FULL_STATE_DICT; every process must call it), which alone writes."""
+    unwrapped = accelerator.unwrap_model(model)
+    if method == "full":
+        state = accelerator.get_state_dict(model)
+        if accelerator.is_main_process:
+            state = {name: tensor.to(dtype) if tensor.is_floating_point() else tensor
+                     for name, tensor in state.items()}
+            unwrapped.save_pretrained(folder, state_dict=state, is_main_process=True)
+            tokenizer.save_pretrained(folder)
+            config = json.loads((folder / "config.json").read_text())  # it records the fp32 master dtype
+            (folder / "config.json").write_text(json.dumps({**config, "dtype": str(dtype).removeprefix("torch.")},
+                                                           indent=2) + "\n")
+    elif accelerator.is_main_process:
+        unwrapped.save_pretrained(folder)
+    accelerator.wait_for_everyone()
+
+
+def fine_tune(facts: list[dict], conf: dict, seed: int, model_dir: Path, out_dir: Path, log_path: Path,
+              live_dir: Path | None = None, scratch_dir: Path | None = None) -> dict:
+    """Train on facts and save the adapter (or full weights) and train_info.json into out_dir, atomically; under
+    `accelerate launch` every process trains, only the main one writes.
+
+    Full fine-tuning with sft.keep_weights false: out_dir holds only train_info.json, and the weights go to
+    scratch_dir (not DVC-tracked), which the evaluate stage reads and then deletes (README "Disk").
     An empty training set (a level pool with no facts, recorded by split) trains nothing; evaluate reports it.
     """
     method = conf["method"]
+    drop = method == "full" and not conf.get("keep_weights", True)  # raw dicts without the key keep weights
+    weights_dir = (scratch_dir or out_dir.with_name(out_dir.name + ".scratch")) if drop else out_dir
+    state = process_state()
     staging = out_dir.with_name(out_dir.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    weights_staging = weights_dir.with_name(weights_dir.name + ".partial") if drop else staging
+    if state.is_main_process:
+        for folder in {staging, weights_staging}:
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
     if not facts:
         info = {"method": method, "facts": 0, "skipped": True}
-        write_csv(log_path, [], ["step", "loss", "lr"])
+        if state.is_main_process:
+            write_csv(log_path, [], ["step", "loss", "lr"])
+            end_live(start_live(live_dir), {"step": 0, "skipped": True})
     else:
-        model, tokenizer = load_trainable(model_dir, method, conf)
-        info = train(model, tokenizer, facts, conf, method, seed, log_path)
-        trained = info.pop("model")
-        if method == "full":  # saved in the compute dtype it is evaluated in, not the fp32 master copy
-            trained.to(compute_dtype(conf, method)).save_pretrained(staging)
-            tokenizer.save_pretrained(staging)
-        else:
-            trained.save_pretrained(staging)
+        model, tokenizer = load_trainable(model_dir, method, conf, local_rank=state.local_process_index)
+        info = train(model, tokenizer, facts, conf, method, seed, log_path, live_dir)
+        trained, accelerator = info.pop("model"), info.pop("accelerator")
+        save_trained(accelerator, trained, tokenizer, method, compute_dtype(conf, method), weights_staging)
         info["skipped"] = False
-    write_json(staging / "train_info.json", info)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    staging.rename(out_dir)
+    if drop:
+        info["weights"] = {"kept": False, "dir": str(weights_dir)}
+    if state.is_main_process:
+        write_json(staging / "train_info.json", info)
+        if drop:
+            shutil.rmtree(weights_dir, ignore_errors=True)
+            weights_staging.rename(weights_dir)
+        shutil.rmtree(out_dir, ignore_errors=True)
+        staging.rename(out_dir)
+    state.wait_for_everyone()
     return info

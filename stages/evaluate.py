@@ -11,7 +11,7 @@ from memqa import paths
 from memqa.accuracy import DOMAINS
 from memqa.config import load_params, section
 from memqa.errors import MemqaError
-from memqa.evaluation import evaluate_cell
+from memqa.evaluation import drop_scratch_weights, evaluate_cell
 from memqa.io import read_jsonl, write_json, write_jsonl
 from memqa.memory import n_levels
 from memqa.options import model_option, params_option
@@ -40,9 +40,13 @@ def main(model_name: str, base: bool, level: int | None, size: str | None, seed:
     facts = [f for domain in DOMAINS for f in read_jsonl(paths.test_set(model_name, domain))]
     predictions, metrics = evaluate_cell(facts, None if base else paths.sft_dir(model_name, cell),
                                          paths.model_dir(model_name), section(params, "evaluate"),
-                                         section(params, "sft"), n_levels(section(params, "probe")["level_bounds"]))
+                                         section(params, "sft"), n_levels(section(params, "probe")["level_bounds"]),
+                                         section(params, "report")["min_level_facts"])
     write_jsonl(paths.predictions(model_name, cell), predictions)
     write_json(paths.eval_metrics(model_name, cell), metrics)
+    dropped = drop_scratch_weights(None if base else paths.sft_dir(model_name, cell))
+    if dropped:
+        click.echo(f"evaluate {model_name} {cell}: deleted the evaluated full weights {dropped} (sft.keep_weights)")
     if metrics.get("skipped"):
         click.echo(f"evaluate {model_name} {cell}: skipped ({metrics['reason']})")
     else:

@@ -13,7 +13,7 @@ import yaml
 from memqa import paths
 from memqa.config import load_params, section
 from memqa.grid import read_grid
-from memqa.io import atomic_write_text
+from memqa.io import atomic_write_text, read_json
 from memqa.options import params_option
 from memqa.report import build_report
 
@@ -22,10 +22,11 @@ from memqa.report import build_report
 @params_option
 @click.option("--out", "out_path", default=str(paths.REPORT), show_default=True, type=click.Path(path_type=Path))
 def main(params_file: str, out_path: Path) -> None:
-    """Write REPORT.md: run description, level distributions, grid, figures, published side-by-side, findings."""
+    """Write REPORT.md: verdict table, run description, level distributions, grid, figures, published side-by-side."""
     params = load_params(params_file)
     reference = yaml.safe_load(Path(section(params, "report")["reference"]).read_text())
-    text = build_report(params, read_grid(paths.GRID), paths.METRICS, paths.PLOTS, reference)
+    text = build_report(params, read_grid(paths.GRID), read_json(paths.METRICS / "verdicts.json"), paths.METRICS,
+                        paths.PLOTS, reference)
     atomic_write_text(out_path, text)
     click.echo(f"report: {out_path} ({len(text.splitlines())} lines)")
 

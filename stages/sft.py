@@ -1,9 +1,13 @@
 """Stage `sft`: fine-tune the base model on one level-divided training set.
 
     python stages/sft.py --model gemma3-270m --level 4 --size 60 --seed 0
-    accelerate launch --num_processes 4 stages/sft.py --model ... --level ... --size ... --seed ...
+    accelerate launch --config_file configs/accelerate/ddp.yaml --num_processes 4 stages/sft.py --model ... \
+        --level ... --size ... --seed ...
+    MEMQA_ACCELERATE="--config_file configs/accelerate/fsdp.yaml --num_processes 8" dvc repro   # every sft cell
 """
 from __future__ import annotations
+
+import sys
 
 import click
 
@@ -11,7 +15,7 @@ from memqa import paths
 from memqa.config import load_params, section
 from memqa.io import read_jsonl, write_json
 from memqa.options import model_option, params_option
-from memqa.training import fine_tune
+from memqa.training import fine_tune, is_main_process, relaunch
 
 
 @click.command("sft")
@@ -24,14 +28,25 @@ def main(model_name: str, level: int, size: str, seed: int, params_file: str) ->
     """Fine-tune on data/splits/<model>/train-L<level>-n<size>-s<seed>.jsonl in the paper's QA format.
 
     sft.method: qlora (NF4 base + LoRA on all linear layers, default), lora, or full. Output: the adapter
-    (or full weights) in data/sft/<model>/<cell>/, loss per step in metrics/sft/<model>/<cell>.csv (a DVC
-    plot), device/dtype/steps/wall time/peak memory/final loss in metrics/sft/<model>/<cell>.json.
+    (or full weights) in data/sft/<model>/<cell>/ (full with sft.keep_weights false: train_info.json there, the
+    weights in data/scratch/sft/<model>/<cell>/ until evaluate has used them), loss per step in
+    metrics/sft/<model>/<cell>.csv (a DVC plot) and in DVCLive's metrics/sft/<model>/<cell>-live/,
+    device/dtype/steps/batch/wall time/peak memory/final loss in metrics/sft/<model>/<cell>.json.
+
+    sft.batch_size is the global batch; under `accelerate launch` (or with $MEMQA_ACCELERATE holding launcher
+    options) each of P processes takes batch_size / (P x grad_accum) per micro-batch.
     """
+    code = relaunch(sys.argv)  # $MEMQA_ACCELERATE: this command again, under `accelerate launch`
+    if code is not None:
+        raise SystemExit(code)
     conf = section(load_params(params_file), "sft")
     cell = paths.cell_name(level, size, seed)
     facts = read_jsonl(paths.train_set(model_name, cell))
     info = fine_tune(facts, conf, seed, paths.model_dir(model_name), paths.sft_dir(model_name, cell),
-                     paths.sft_log(model_name, cell))
+                     paths.sft_log(model_name, cell), paths.sft_live(model_name, cell),
+                     paths.sft_scratch(model_name, cell))
+    if not is_main_process():  # under `accelerate launch` every process trains; only the main one writes
+        return
     write_json(paths.sft_metrics(model_name, cell), info)
     if info.get("skipped"):
         click.echo(f"sft {model_name} {cell}: empty training set, skipped")

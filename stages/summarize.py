@@ -1,4 +1,5 @@
-"""Stage `summarize`: gather the grid's metrics into one table (metrics/summary.json, metrics/grid.csv).
+"""Stage `summarize`: the grid with intervals (metrics/grid.csv, metrics/summary.json) and the paper's claims
+tested (metrics/verdicts.json).
 
     python stages/summarize.py
 """
@@ -13,24 +14,33 @@ from memqa.config import load_params, section
 from memqa.io import write_csv, write_json
 from memqa.memory import n_levels
 from memqa.options import params_option
+from memqa.verdicts import all_verdicts
 
 
 @click.command("summarize")
 @params_option
 @click.option("--metrics-root", default=str(paths.METRICS), show_default=True, type=click.Path(path_type=Path))
 def main(params_file: str, metrics_root: Path) -> None:
-    """Collect the evaluated cells of the current params (models x split.levels x sizes x seeds, and each
-    model's untrained base) into metrics/grid.csv (all levels) and metrics/summary.json (headlines).
+    """Read the evaluated cells of the current params (models x split.levels x sizes x seeds, and each model's
+    untrained base) and write metrics/grid.csv (mean and 95% bootstrap interval over seeds and test facts of
+    every level accuracy, the headline and micro accuracy), metrics/summary.json (headlines) and
+    metrics/verdicts.json (each published claim: statistic, effect, interval, verdict).
 
     Metrics of cells no longer in the params are not read; a cell in the params without metrics is an error.
     """
     params = load_params(params_file)
+    report = section(params, "report")
     levels = n_levels(section(params, "probe")["level_bounds"])
-    cells = grid.current_cells(list(section(params, "models")), section(params, "split"))
-    rows = grid.grid_rows(metrics_root, cells, levels)
+    models = list(section(params, "models"))
+    cells = grid.read_cells(metrics_root, Path("data/eval"), grid.current_cells(models, section(params, "split")))
+    studies = grid.studies(cells, grid.training_relations(cells), levels)
+    rows = grid.grid_rows(studies, cells, report["min_level_facts"], report["bootstrap_replicates"])
     write_csv(metrics_root / "grid.csv", rows, grid.columns(levels))
     write_json(metrics_root / "summary.json", grid.summary(rows))
-    click.echo(f"summarize: {len(rows)} rows -> {metrics_root}/grid.csv, {metrics_root}/summary.json")
+    verdicts = all_verdicts(studies, report["margin"], report["min_level_facts"])
+    write_json(metrics_root / "verdicts.json", verdicts)
+    click.echo(f"summarize: {len(rows)} rows -> {metrics_root}/grid.csv; "
+               f"{sum(v['verdict'] != 'inconclusive' for v in verdicts)} of {len(verdicts)} verdicts decided")
 
 
 if __name__ == "__main__":

@@ -72,7 +72,7 @@ def test_killed_probe_resumes_to_the_uninterrupted_result(taught, tmp_path, monk
     model, tokenizer = _load(path)
     facts = often + rarely + never
     conf = {**PROBE, "method": "sample", "samples": 2, "templates": 3, "chunk_size": 4}
-    whole = probe_sharded(model, tokenizer, facts, conf, tmp_path / "whole")
+    whole, _ = probe_sharded(model, tokenizer, facts, conf, tmp_path / "whole")
     real, calls = probing.score_facts, []
 
     def dies_on_third_shard(*args, **kwargs):
@@ -86,7 +86,7 @@ def test_killed_probe_resumes_to_the_uninterrupted_result(taught, tmp_path, monk
         probe_sharded(model, tokenizer, facts, conf, tmp_path / "killed")
     assert len(list((tmp_path / "killed").glob("*.jsonl"))) == 2
     monkeypatch.setattr(probing, "score_facts", real)
-    assert probe_sharded(model, tokenizer, facts, conf, tmp_path / "killed") == whole
+    assert probe_sharded(model, tokenizer, facts, conf, tmp_path / "killed") == (whole, 2)
 
 
 @pytest.mark.parametrize(("score", "level"), [(0.0, 0), (0.004, 0), (1 / 210, 1), (0.25, 1), (0.2501, 2),
@@ -130,3 +130,53 @@ def test_probe_fingerprint_ignores_materialisation_time_but_not_params(taught, t
     (path / "memqa_model.json").write_text(json.dumps({**info, "wall_s": 99.0}))
     assert probing.fingerprint(PROBE, path, facts, templates) == first
     assert probing.fingerprint({**PROBE, "samples": 5}, path, facts, templates) != first
+
+
+def test_probe_fingerprint_covers_scoring_code_and_weights(taught, tmp_path, monkeypatch):
+    path, *_ = taught
+    facts, templates = tmp_path / "facts.jsonl", tmp_path / "templates.yaml"
+    facts.write_text("{}\n")
+    templates.write_text("P19: []\n")
+    first = probing.fingerprint(PROBE, path, facts, templates)
+    code = [tmp_path / p.name for p in probing.SCORING_CODE]
+    for src, dst in zip(probing.SCORING_CODE, code, strict=True):
+        dst.write_bytes(src.read_bytes())
+    monkeypatch.setattr(probing, "SCORING_CODE", tuple(code))
+    assert probing.fingerprint(PROBE, path, facts, templates) == first
+    matching = next(p for p in code if p.name == "matching.py")
+    matching.write_text(matching.read_text() + "\n# one more line\n")
+    assert probing.fingerprint(PROBE, path, facts, templates) != first
+    assert {p.name for p in probing.SCORING_CODE} == {"engine.py", "matching.py", "models.py", "probing.py",
+                                                      "prompts.py"}  # config, levels, IO: not scoring code
+
+
+def test_probe_fingerprint_changes_when_weights_are_retrained_in_place(taught, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    path, *_ = taught
+    model_dir = tmp_path / "model"
+    shutil.copytree(path, model_dir)
+    facts, templates = tmp_path / "facts.jsonl", tmp_path / "templates.yaml"
+    facts.write_text("{}\n")
+    templates.write_text("P19: []\n")
+    first = probing.fingerprint(PROBE, model_dir, facts, templates)
+    weights = load_file(str(model_dir / "model.safetensors"))
+    name = next(iter(weights))
+    weights[name] = weights[name] + 1e-3
+    save_file(weights, str(model_dir / "model.safetensors"), metadata={"format": "pt"})
+    assert probing.fingerprint(PROBE, model_dir, facts, templates) != first
+
+
+def test_crosscheck_is_keyed_by_its_own_facts_and_wall_time_counts_reused_shards(taught, tmp_path):
+    path, often, rarely, never = taught
+    facts = often + rarely + never
+    (tmp_path / "facts.jsonl").write_text("".join(json.dumps(f) + "\n" for f in facts))
+    conf = {**PROBE, "templates": 3, "samples": 2, "max_new_tokens": 4}
+    args = (path, tmp_path / "cache", TEMPLATES_FILE, tmp_path / "facts.jsonl")
+    _, first = run_probe("tiny", {**conf, "crosscheck_facts": 3}, facts, *args)
+    _, second = run_probe("tiny", {**conf, "crosscheck_facts": 6}, facts, *args)
+    assert first["crosscheck"]["facts"] == 3 and second["crosscheck"]["facts"] == 6
+    assert first["shards_reused"] == 0 and second["shards_reused"] == second["shards"] > 0
+    assert second["wall_s"] > 0

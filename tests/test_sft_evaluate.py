@@ -108,7 +108,7 @@ def test_headline_is_the_unweighted_mean_of_level_accuracies():
     metrics = accuracy_metrics(preds, 5)["id"]
     assert metrics["L0"] == 10.0 and metrics["L4"] == 100.0
     assert metrics["headline"] == 55.0 and metrics["micro"] == round(100 * 2 / 11, 2)
-    assert metrics["levels_missing"] == [1, 2, 3]
+    assert metrics["levels_left_out"] == [1, 2, 3]
 
 
 def test_default_params_name_a_known_sft_method():

@@ -4,7 +4,8 @@ import pytest
 
 from memqa.accuracy import accuracy_metrics
 from memqa.errors import MemqaError
-from memqa.grid import columns, current_cells, grid_rows
+from memqa.grid import columns, current_cells, grid_rows, read_cells, studies
+from memqa.io import write_jsonl
 from memqa.memory import level_counts, n_levels
 from memqa.splits import build_splits
 
@@ -51,21 +52,29 @@ def test_number_of_levels_follows_the_bounds():
     assert len(build_splits(SPLIT, facts, scores, bounds)[2]["level_counts"]["train"]) == 4
 
 
-def _write_eval(root, model, cell, headline):
+def _write_eval(root, model, cell, correct):
     path = root / "eval" / model / f"{cell}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    level = {"headline": headline, "micro": headline, "L0": headline, "n": [3]}
+    level = {"headline": 100.0 * correct, "micro": 100.0 * correct, "L0": 100.0 * correct, "n": [1]}
     path.write_text(json.dumps({"skipped": False, "train_facts": 4, "id": level, "ood": level}))
+    write_jsonl(root / "predictions" / model / f"{cell}.jsonl",
+                [{"fact_id": "P36/test/1", "domain": "id", "level": 0, "relation": "P36", "correct": correct}])
+
+
+CURRENT = {"levels": [0], "sizes": [4], "seeds": [0]}
 
 
 def test_grid_reads_exactly_the_current_cells_not_leftovers(tmp_path):
-    for cell in ("base", "L0-n4-s0", "L0-n4-s1"):  # s1: a seed dropped from the params, its file left behind
-        _write_eval(tmp_path, "m", cell, 50.0)
-    rows = grid_rows(tmp_path, current_cells(["m"], {"levels": [0], "sizes": [4], "seeds": [0]}), 1)
-    assert sorted({(r["train_level"], r["seed"]) for r in rows}) == [("0", "0"), ("base", "")]
+    for cell in ("base", "L0-n4-s0", "L0-n4-s1"):  # s1: a seed dropped from the params, its files left behind
+        _write_eval(tmp_path, "m", cell, cell != "L0-n4-s1")
+    cells = read_cells(tmp_path, tmp_path / "predictions", current_cells(["m"], CURRENT))
+    assert [c["cell"] for c in cells] == ["base", "L0-n4-s0"]
+    study = studies(cells, {}, 1)[0]
+    rows = grid_rows([study], cells, min_facts=1, replicates=100)
+    assert [(r["train_level"], r["seeds"], r["headline"]) for r in rows] == [("base", 1, 100.0), ("0", 1, 100.0)]
 
 
 def test_grid_names_a_missing_cell(tmp_path):
-    _write_eval(tmp_path, "m", "base", 50.0)
+    _write_eval(tmp_path, "m", "base", True)
     with pytest.raises(MemqaError, match="1 evaluated cells .* missing .*L0-n4-s0.json"):
-        grid_rows(tmp_path, current_cells(["m"], {"levels": [0], "sizes": [4], "seeds": [0]}), 1)
+        read_cells(tmp_path, tmp_path / "predictions", current_cells(["m"], CURRENT))

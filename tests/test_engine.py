@@ -1,0 +1,167 @@
+"""The engine's early stopping, batch compaction and per-completion random streams."""
+import pytest
+import torch
+from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+from memqa import engine
+from memqa.engine import generate, generate_ids, gumbel_noise, row_key, sample_gumbel_max
+from memqa.matching import contains, token_sequence
+from memqa.probing import answer_settled, score_facts
+from tests import tiny
+
+PROBE = {"method": "sample", "templates": 5, "samples": 6, "temperature": 0.7, "max_new_tokens": 10,
+         "matcher": "contains", "level_bounds": [0.25, 0.5, 0.75], "batch_size": 12, "chunk_size": 4, "seed": 0,
+         "dtype": "float32", "save_completions": True, "crosscheck_facts": 0}
+PROMPTS = ["Kalomi was born in", "The birthplace of Renvo Shadri is", "a", "Where was the person named Zembix "
+           "Falgor Hinka born, in which city of which country, and when", "Pelnor Quazem was born in the city of"]
+
+
+@pytest.fixture(scope="module")
+def taught():
+    """A tiny model taught 4 facts often (all 21 templates), 4 rarely (2 templates), 4 never; the statements
+    go on after the answer, so that stopping at the answer cuts completions."""
+    facts = tiny.synthetic_facts(12)
+    often, rarely, never = facts[:4], facts[4:8], facts[8:]
+    texts = [s for f in often for s in tiny.statements(f, 21)] * 3 + [s for f in rarely for s in tiny.statements(f, 2)]
+    texts = [f"{text} and it is far away" for text in texts]
+    corpus = texts + [s for f in never for s in tiny.statements(f, 21)]
+    tokenizer = tiny.make_tokenizer(corpus)
+    model = tiny.make_model(tokenizer, hidden=96, layers=2)
+    tiny.teach(model, tokenizer, texts, steps=400)
+    return model.requires_grad_(False), tokenizer, often, rarely, never
+
+
+def _model(arch: str, taught):
+    """The taught tiny Llama, or an untrained Gemma 3 with a 4-token sliding window on two of its three layers
+    (query_pre_attn_scalar 1: attention sharp enough at random init that a wrong position changes the logits)."""
+    if arch == "llama":
+        return taught[0]
+    torch.manual_seed(1)
+    config = Gemma3TextConfig(vocab_size=len(taught[1]), hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                              num_attention_heads=4, num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=1,
+                              sliding_window=4, max_position_embeddings=256,
+                              layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+                              bos_token_id=2, eos_token_id=3, pad_token_id=0)
+    return Gemma3ForCausalLM(config).eval()
+
+
+def _one_at_a_time(model, tokenizer, prompt: str, p: int, s: int, *, seed: int, temperature: float,
+                   max_new_tokens: int, stop_when) -> list[int]:
+    """The reference: one completion alone, no padding, no KV cache, the whole sequence every step."""
+    ids, out = tokenizer(prompt)["input_ids"], []
+    stop = engine._stop_ids(model, tokenizer)
+    for step in range(max_new_tokens):
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([ids + out])).logits[:, -1]
+        if temperature > 0:
+            token = int(sample_gumbel_max(logits, temperature, [row_key(seed, p, s)], step)[0])
+        else:
+            token = int(logits.argmax(-1)[0])
+        if token in stop:
+            break
+        out.append(token)
+        if stop_when is not None and stop_when(p, tokenizer.decode(out, skip_special_tokens=True)):
+            break
+    return out
+
+
+def _stop_by_length(p: int, text: str) -> bool:
+    """Rows of prompts 0 and 3 stop after a word or so, of 1 and 4 after several; prompt 2's never."""
+    return p != 2 and len(text) >= (5 if p % 3 == 0 else 30)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_rows_match_one_at_a_time_decoding_up_to_their_stop_point(taught, arch, temperature):
+    """Compacting the batch (KV cache incl. sliding-window layers, mask, positions, logits) as rows stop early
+    or hit EOS changes no row's tokens: every row equals the same completion decoded alone, both with
+    stop_when and without (so with and without, rows agree token for token up to the stop point)."""
+    tokenizer = taught[1]
+    model = _model(arch, taught)
+    kwargs = {"max_new_tokens": 10, "num_samples": 3, "temperature": temperature, "seed": 7}
+    samples = kwargs["num_samples"] if temperature > 0 else 1
+    for stop_when in (None, _stop_by_length):
+        ours = generate_ids(model, tokenizer, PROMPTS, batch_size=6, stop_when=stop_when, **kwargs)
+        for p, prompt in enumerate(PROMPTS):
+            for s in range(samples):
+                assert ours[p][s] == _one_at_a_time(model, tokenizer, prompt, p, s, seed=7, temperature=temperature,
+                                                    max_new_tokens=10, stop_when=stop_when), (stop_when, p, s)
+        lengths = {len(row) for rows in ours for row in rows}
+        assert len(lengths) > 1 if stop_when else 10 in lengths  # rows did leave the batch at different steps
+
+
+def test_early_stop_and_compaction_leave_R_unchanged(taught, monkeypatch):
+    """The probe's sample method with early stopping at the answer gives the same per-template counts of
+    correct completions (hence R) as full-length decoding, on facts the model knows and does not, and
+    decodes fewer rows; each stopped completion is its full completion cut where the answer was found."""
+    model, tokenizer, often, rarely, never = taught
+    facts = often[:3] + rarely[:3] + never[:3]
+    rows_decoded: list[int] = []
+    hook = model.register_forward_pre_hook(lambda m, args, kwargs: rows_decoded.append(kwargs["input_ids"].shape[0]),
+                                           with_kwargs=True)
+    real_generate = engine.generate
+    try:
+        for temperature in (0.7, 1.0):
+            conf = {**PROBE, "temperature": temperature}
+            rows_decoded.clear()
+            stopped = score_facts(model, tokenizer, facts, conf, "sample", seed=5)
+            cost_stopped = sum(rows_decoded)
+            with monkeypatch.context() as patch:  # the same probe without stop_when
+                patch.setattr(engine, "generate", lambda *a, stop_when=None, **k: real_generate(*a, **k))
+                rows_decoded.clear()
+                full = score_facts(model, tokenizer, facts, conf, "sample", seed=5)
+            cost_full = sum(rows_decoded)
+            assert [r["template_correct"] for r in stopped] == [r["template_correct"] for r in full]
+            assert [r["score"] for r in stopped] == [r["score"] for r in full]
+            correct = sum(sum(r["template_correct"]) for r in full)
+            assert 0 < correct < len(facts) * 5 * 6, correct  # known and unknown facts both present
+            assert sum(sum(r["template_correct"]) for r in full[:3]) > sum(sum(r["template_correct"]) for r in full[6:])
+            assert cost_stopped < cost_full, (cost_stopped, cost_full)
+            cut = 0
+            for fact, s_row, f_row in zip(facts, stopped, full, strict=True):
+                for s_texts, f_texts in zip(s_row["completions"], f_row["completions"], strict=True):
+                    for s, f in zip(s_texts, f_texts, strict=True):
+                        assert f.startswith(s.rstrip("\ufffd"))
+                        assert s == f or contains(s, fact["answers"])
+                        cut += s != f
+            assert cut > 0
+    finally:
+        hook.remove()
+
+
+def test_sampling_does_not_depend_on_batch_size_or_neighbours(taught):
+    model, tokenizer = taught[0], taught[1]
+    kwargs = {"max_new_tokens": 8, "num_samples": 4, "temperature": 1.0, "seed": 3}
+    whole = generate(model, tokenizer, PROMPTS, batch_size=20, **kwargs)
+    assert generate(model, tokenizer, PROMPTS, batch_size=4, **kwargs) == whole
+    assert generate(model, tokenizer, PROMPTS, batch_size=1, **kwargs) == whole
+    assert generate(model, tokenizer, PROMPTS, batch_size=20, **{**kwargs, "seed": 4}) != whole
+    assert len({text for texts in whole for text in texts}) > len(PROMPTS)  # samples of a prompt differ
+
+
+def test_gumbel_noise_is_a_per_row_counter_based_stream():
+    keys = [row_key(0, p, s) for p in range(3) for s in range(2)]
+    noise = gumbel_noise(keys, 5, 50, torch.device("cpu"))
+    assert torch.equal(gumbel_noise(keys[3:4], 5, 50, torch.device("cpu"))[0], noise[3])  # alone or in a batch
+    assert not torch.equal(gumbel_noise(keys[3:4], 6, 50, torch.device("cpu"))[0], noise[3])  # the next step
+    assert len({tuple(row.tolist()) for row in noise}) == len(keys)
+    assert len({row_key(s, p, k) for s in range(3) for p in range(50) for k in range(10)}) == 1500
+
+
+def test_gumbel_max_samples_the_tempered_softmax():
+    logits = torch.tensor([2.0, 1.0, 0.0, -1.0, float("-inf"), 0.5])
+    n = 20000
+    tokens = sample_gumbel_max(logits.expand(n, -1), 0.7, [row_key(1, i, 0) for i in range(n)], 0)
+    freq = torch.bincount(tokens, minlength=6).double() / n
+    expected = torch.softmax(logits.double() / 0.7, -1)
+    assert freq[4] == 0
+    assert torch.all((freq - expected).abs() <= 4 * (expected * (1 - expected) / n).sqrt() + 1e-9), (freq, expected)
+
+
+def test_answer_settled_only_when_no_continuation_can_undo_the_match():
+    assert answer_settled(contains, "born in Paris", ["Paris"])  # a substring stays one
+    assert not answer_settled(token_sequence, "born in Paris", ["Paris"])  # could still become 'Parisian'
+    assert answer_settled(token_sequence, "born in Paris and", ["Paris"])
+    assert not answer_settled(token_sequence, "born in Paris\ufffd", ["Paris"])  # the next bytes may be a letter
+    assert not answer_settled(contains, "born in Par\ufffd", ["Paris"])
+    assert not answer_settled(token_sequence, "Paris", ["Paris"])
