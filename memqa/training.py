@@ -273,8 +273,9 @@ def save_trained(accelerator, model, tokenizer, method: str, dtype: torch.dtype,
     if method == "full":
         state = accelerator.get_state_dict(model)
         if accelerator.is_main_process:
-            state = {name: tensor.to(dtype) if tensor.is_floating_point() else tensor
-                     for name, tensor in state.items()}
+            cast: dict[int, torch.Tensor] = {}  # by storage, so tied weights (embeddings, lm_head) stay one tensor
+            state = {name: cast.setdefault(tensor.data_ptr(), tensor.to(dtype) if tensor.is_floating_point()
+                                           else tensor) for name, tensor in state.items()}
             unwrapped.save_pretrained(folder, state_dict=state, is_main_process=True)
             tokenizer.save_pretrained(folder)
             config = json.loads((folder / "config.json").read_text())  # it records the fp32 master dtype
@@ -295,7 +296,8 @@ def fine_tune(facts: list[dict], conf: dict, seed: int, model_dir: Path, out_dir
     An empty training set (a level pool with no facts, recorded by split) trains nothing; evaluate reports it.
     """
     method = conf["method"]
-    drop = method == "full" and not conf.get("keep_weights", True)  # raw dicts without the key keep weights
+    # full weights dropped after evaluation (raw conf dicts without the key keep them); nothing to drop untrained
+    drop = method == "full" and not conf.get("keep_weights", True) and bool(facts)
     weights_dir = (scratch_dir or out_dir.with_name(out_dir.name + ".scratch")) if drop else out_dir
     state = process_state()
     staging = out_dir.with_name(out_dir.name + ".partial")

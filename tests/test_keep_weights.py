@@ -64,8 +64,9 @@ def test_keep_weights_true_and_adapters_keep_their_weights_in_the_sft_output(wor
 
 def test_an_empty_training_set_still_writes_every_declared_output(world):
     root, model_dir, _, _ = world
-    info, out, _, live = _fine_tune(root, model_dir, [], SFT, "empty")
+    info, out, scratch, live = _fine_tune(root, model_dir, [], SFT, "empty")
     assert info["skipped"] and (out / "train_info.json").is_file()
+    assert "weights" not in info and not scratch.exists() and drop_scratch_weights(out) is None
     assert read_json(live / "metrics.json") == {"step": 0, "skipped": True}
     assert (live / "plots" / "metrics" / "loss.tsv").read_text() == "step\tloss\n"
     assert (live / "plots" / "metrics" / "lr.tsv").read_text() == "step\tlr\n"
