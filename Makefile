@@ -11,7 +11,7 @@ MEMQA_EQ_SOURCE ?= $(if $(wildcard $(SHARED_EQ)),$(SHARED_EQ),)
 export MEMQA_EQ_SOURCE
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: setup repro test lint bench ci-diff ci-baseline pr-diff paper
+.PHONY: setup repro test test-slow lint bench ci-diff ci-baseline pr-diff paper
 setup: $(VENV)/.installed
 
 # torch==2.13.0 goes in first: on a CPU machine here that is a local CPU wheel; anything else that
@@ -26,8 +26,13 @@ $(VENV)/.installed: pyproject.toml
 repro: setup
 	dvc repro
 
+# `make test` (CI, every push) leaves out the tests marked slow (pyproject.toml); `make test-slow` runs only them
+# (tests/test_paper_preset.py: the paper preset end to end through DVC on a tiny model, ~TIME on 2 CPU cores).
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not slow"
+
+test-slow: setup
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m slow
 
 lint: setup
 	$(VENV)/bin/ruff check .

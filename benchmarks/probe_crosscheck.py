@@ -1,58 +1,459 @@
-"""Likelihood vs sampling memory scores on the same facts: Spearman of R, Cohen's kappa of the levels.
+"""Cheap memory-level estimators against the paper's sampling protocol, on the same facts.
 
-    .venv/bin/python benchmarks/probe_crosscheck.py --model gemma3-270m --facts 16
+    nice -n 19 .venv/bin/python benchmarks/probe_crosscheck.py --model smollm2-135m --facts 100 --threads 1
+    nice -n 19 .venv/bin/python benchmarks/probe_crosscheck.py --model gemma3-270m --facts 100 --stop-after 5
+    .venv/bin/python benchmarks/probe_crosscheck.py --model gemma3-270m --facts 100 --analyze-only
 
-Takes facts from the model's probe output (data/probe/<model>/scores.jsonl), spread over its levels, runs
-the paper's sampling protocol on them (probe params, method sample) and compares with the likelihood scores.
+1. Pool: --pool in-domain train facts (seeded, equally many per relation), scored with the cheapest
+   estimator (likelihood). 2. Selection: the pool is cut into 10 equal-count strata by that score and
+   --facts are drawn equally from each (so the facts span the estimators' range, not only level 0);
+   within each stratum half go to FIT, half to REPORT. 3. Every chosen fact is scored by the paper's
+   protocol (method sample: 21 templates x 10 samples, T 0.7, <= 32 new tokens, `contains`, completions
+   kept) and by every cheap estimator (likelihood, greedy_containment, rao_blackwell with 1 and 2 samples
+   per template: the K=2 estimate is the mean of two independent K=1 runs, its cost their sum), in chunks of
+   --chunk facts, each cached under data/cache/crosscheck/ (a killed run resumes; --stop-after N stops after
+   the chunks that hold the first N facts, to time them). The facts are processed in an order that
+   interleaves the strata, so a partial run is itself a stratified sample. 4. Analysis, on the facts done:
+   per estimator, on the FIT half, the level-0 threshold (the score below which a fact is called R = 0: the
+   one that best matches sampling's R = 0) and a calibration of the score to R (none, a monotone power map
+   a * s^g, or isotonic regression), the one kept being the best by 5-fold cross-validated kappa within
+   FIT; on the REPORT half only: Spearman of the raw scores, Cohen's kappa of the levels (bounds .25/.5/.75),
+   the confusion matrix, agreement per relation; and the cost (wall time, forward tokens, output-layer rows,
+   GFLOPs, measured by memqa.engine.ComputeMeter) relative to sampling. Writes
+   benchmarks/results/probe_crosscheck-<model>.json (facts, sampled completions, every score, the analysis)
+   and benchmarks/results/probe_crosscheck-<model>.png (each estimator against sampling's R).
 """
 from __future__ import annotations
 
 import argparse
+import bisect
+import hashlib
 import json
+import os
+import random
+import subprocess
+import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
-from scipy.stats import spearmanr
-from sklearn.metrics import cohen_kappa_score
 
 from memqa.config import load_params
+from memqa.engine import ComputeMeter
 from memqa.io import read_jsonl
-from memqa.memory import add_levels
+from memqa.memory import memory_level, probe_group, resolution
 from memqa.models import load_model
 from memqa.probing import score_facts
 
-parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-parser.add_argument("--model", default="gemma3-270m")
-parser.add_argument("--facts", type=int, default=16)
-parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-args = parser.parse_args()
-if args.threads:
-    torch.set_num_threads(args.threads)
-
-conf = load_params()["probe"]
-facts = {f["fact_id"]: f for f in read_jsonl("data/facts.jsonl")}
-scored = sorted(read_jsonl(f"data/probe/{args.model}/scores.jsonl"), key=lambda r: -r["score"])
-step = max(1, len(scored) // args.facts)
-chosen = scored[::step][:args.facts]  # evenly spaced over the score ranking: all levels present
-model, tokenizer = load_model(f"data/models/{args.model}", conf["dtype"])
-started = time.time()
-sampled = score_facts(model, tokenizer, [facts[r["fact_id"]] for r in chosen], conf, "sample", seed=0)
-wall = time.time() - started
-add_levels(sampled, conf)
-likelihood = [r["score"] for r in chosen]
-sampling = [r["score"] for r in sampled]
-result = {
-    "model": args.model, "facts": len(chosen), "templates": conf["templates"], "samples": conf["samples"],
-    "temperature": conf["temperature"], "max_new_tokens": conf["max_new_tokens"], "sampling_wall_s": round(wall, 1),
-    "spearman": round(float(spearmanr(likelihood, sampling).statistic), 4),
-    "cohen_kappa": round(float(cohen_kappa_score([r["level"] for r in chosen], [r["level"] for r in sampled])), 4),
-    "mean_R": {"likelihood": round(sum(likelihood) / len(chosen), 4),
-               "sampling": round(sum(sampling) / len(chosen), 4)},
-    "levels": {"likelihood": [r["level"] for r in chosen], "sampling": [r["level"] for r in sampled]},
-    "pairs": [[round(a, 4), round(b, 4)] for a, b in zip(likelihood, sampling, strict=True)],
+PAPER = {"templates": 21, "samples": 10, "temperature": 0.7, "max_new_tokens": 32, "matcher": "contains"}
+RUNS = {  # cached run -> (probe.method, probe params it changes)
+    "sample": ("sample", {"save_completions": True}),
+    "likelihood": ("likelihood", {}),
+    "greedy_containment": ("greedy_containment", {}),
+    "rao_blackwell_a": ("rao_blackwell", {"rb_samples": 1}),
+    "rao_blackwell_b": ("rao_blackwell", {"rb_samples": 1}),
+    "rao_blackwell_h16": ("rao_blackwell", {"rb_samples": 1, "rb_max_new_tokens": 16}),
 }
-out = Path(f"benchmarks/results/probe_crosscheck-{args.model}.json")
-out.parent.mkdir(parents=True, exist_ok=True)
-out.write_text(json.dumps(result, indent=2) + "\n")
-print(json.dumps({k: v for k, v in result.items() if k != "pairs"}, indent=1))
+ESTIMATORS = {  # estimator -> the runs whose scores it averages and whose costs it adds
+    "likelihood": ("likelihood",),
+    "greedy_containment": ("greedy_containment",),
+    "rao_blackwell_k1": ("rao_blackwell_a",),
+    "rao_blackwell_k2": ("rao_blackwell_a", "rao_blackwell_b"),
+    "rao_blackwell_k1_h16": ("rao_blackwell_h16",),
+}
+STRATA = 10
+CALIBRATIONS = ("threshold", "power", "isotonic")  # each with the level-0 threshold fitted; ties: the simplest
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--facts", type=int, default=100, help="facts to score with every method")
+    parser.add_argument("--pool", type=int, default=250, help="candidate facts scored by likelihood to stratify")
+    parser.add_argument("--chunk", type=int, default=5, help="facts per cached chunk")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dtype", default=None, help="default: probe.dtype of params.yaml")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--stop-after", type=int, default=0, help="stop once the first N facts are done (timing)")
+    parser.add_argument("--analyze-only", action="store_true", help="analyse the cached chunks, score nothing")
+    parser.add_argument("--redo", nargs="*", default=[], choices=sorted(RUNS), help="drop these runs' caches")
+    parser.add_argument("--runs", nargs="*", default=sorted(RUNS), choices=sorted(RUNS),
+                        help="score only these runs now (default: all); the analysis needs all of them done")
+    return parser.parse_args()
+
+
+def ensure_inputs(model: str) -> None:
+    """data/facts.jsonl and data/models/<model>, made the pipeline's way when missing."""
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    if not Path("data/facts.jsonl").is_file():
+        env.setdefault("MEMQA_EQ_SOURCE", "/work/shared/data/entityquestions")
+        subprocess.run([sys.executable, "stages/download.py"], check=True, env=env)
+    if not Path(f"data/models/{model}").is_dir():
+        subprocess.run(["nice", "-n", "19", sys.executable, "stages/materialize.py", "--model", model], check=True,
+                       env=env)
+
+
+def digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def chunk_seed(seed: int, run: str, chunk: int) -> int:
+    return int(hashlib.sha256(f"{seed}/{run}/{chunk}".encode()).hexdigest()[:8], 16)
+
+
+def score_pool(model, tokenizer, facts: list[dict], conf: dict, args, cache: Path) -> dict[str, float]:
+    """Likelihood scores of a seeded pool of in-domain train facts, equally many per relation."""
+    rng = random.Random(args.seed)
+    by_relation: dict[str, list[dict]] = {}
+    for fact in facts:
+        if probe_group(fact) == "train":
+            by_relation.setdefault(fact["relation"], []).append(fact)
+    for rows in by_relation.values():
+        rng.shuffle(rows)
+    pool, k = [], 0
+    while len(pool) < args.pool and any(k < len(rows) for rows in by_relation.values()):
+        pool += [rows[k] for _, rows in sorted(by_relation.items()) if k < len(rows)]
+        k += 1
+    pool = pool[:args.pool]
+    path = cache / f"pool-{digest([[f['fact_id'] for f in pool], conf])}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    started = time.time()
+    rows = score_facts(model, tokenizer, pool, conf, "likelihood", seed=0)
+    scores = {r["fact_id"]: r["score"] for r in rows}
+    path.write_text(json.dumps(scores))
+    print(f"pool: {len(pool)} facts scored by likelihood in {time.time() - started:.0f} s", flush=True)
+    return scores
+
+
+def select(pool: dict[str, float], n: int, seed: int) -> list[dict]:
+    """n facts drawn equally from STRATA equal-count strata of the pool's scores, half FIT and half REPORT within
+    each stratum, in an order that interleaves the strata (every prefix is a stratified sample)."""
+    rng = random.Random(seed + 1)
+    ranked = sorted(pool, key=lambda i: (pool[i], i))
+    strata = [list(s) for s in np.array_split(ranked, min(STRATA, n))]
+    per = [n // len(strata) + (k >= len(strata) - n % len(strata)) for k in range(len(strata))]  # extra: on top
+    picked = []
+    for k, (stratum, m) in enumerate(zip(strata, per, strict=True)):
+        chosen = rng.sample(stratum, m)
+        picked.append([{"fact_id": i, "stratum": k, "half": ("fit", "report")[(j + k) % 2],
+                        "pool_likelihood": pool[i]} for j, i in enumerate(chosen)])
+    order = []
+    for j in range(max(per)):
+        order += [stratum[j] for stratum in picked if j < len(stratum)]
+    return order
+
+
+def run_chunks(model, tokenizer, chosen: list[dict], facts: dict[str, dict], conf: dict, args, cache: Path) -> None:
+    chunks = [chosen[i:i + args.chunk] for i in range(0, len(chosen), args.chunk)]
+    limit = len(chunks) if not args.stop_after else -(-args.stop_after // args.chunk)
+    for c, chunk in enumerate(chunks[:limit]):
+        rows = [facts[x["fact_id"]] for x in chunk]
+        for run, (method, extra) in RUNS.items():
+            path = cache / run / f"{c:04d}.json"
+            if path.is_file() or run not in args.runs:
+                continue
+            path.parent.mkdir(parents=True, exist_ok=True)
+            started = time.time()
+            with ComputeMeter(model) as meter:
+                scored = score_facts(model, tokenizer, rows, {**conf, **extra}, method, chunk_seed(args.seed, run, c))
+            wall = time.time() - started
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"facts": [x["fact_id"] for x in chunk], "rows": scored, "wall_s": wall,
+                                       **meter.as_dict()}))
+            tmp.replace(path)
+            print(f"chunk {c + 1}/{limit} {run}: {len(rows)} facts in {wall:.1f} s ({meter.tokens} forward tokens)",
+                  flush=True)
+
+
+def load_runs(chosen: list[dict], args, cache: Path) -> tuple[list[dict], dict, dict]:
+    """The facts every run has finished, their rows per run, and each run's summed cost over them."""
+    rows: dict[str, dict[str, dict]] = {run: {} for run in RUNS}
+    cost: dict[str, dict[str, float]] = {run: {} for run in RUNS}
+    done_chunks: dict[str, set[int]] = {run: set() for run in RUNS}
+    for run in RUNS:
+        for path in sorted((cache / run).glob("*.json")):
+            data = json.loads(path.read_text())
+            done_chunks[run].add(int(path.stem))
+            for row in data["rows"]:
+                rows[run][row["fact_id"]] = row
+            for key in ("wall_s", "forward_tokens", "head_rows", "gflops"):
+                cost[run][key] = cost[run].get(key, 0.0) + data[key]
+    common = set.intersection(*done_chunks.values())
+    extra = set.union(*done_chunks.values()) - common
+    if extra:  # a run got further than the others: count only the chunks all runs finished
+        cost = {run: {} for run in RUNS}
+        for run in RUNS:
+            for c in sorted(common):
+                data = json.loads((cache / run / f"{c:04d}.json").read_text())
+                for key in ("wall_s", "forward_tokens", "head_rows", "gflops"):
+                    cost[run][key] = cost[run].get(key, 0.0) + data[key]
+    ids = {i for c in common for i in json.loads((cache / "sample" / f"{c:04d}.json").read_text())["facts"]}
+    return [x for x in chosen if x["fact_id"] in ids], rows, cost
+
+
+# --- analysis ------------------------------------------------------------------------------------------------
+
+
+def fit_threshold(scores: np.ndarray, zero: np.ndarray) -> float:
+    """The level-0 threshold that best matches sampling's R = 0 on these facts: score < threshold <=> R = 0.
+    Ties: the geometric middle of the best interval of candidate cuts."""
+    values = np.unique(scores)
+    cuts = np.concatenate([[values[0] / 2 if values[0] > 0 else -1.0],
+                           np.sqrt(np.clip(values[:-1], 1e-12, None) * values[1:]), [values[-1] * 2 + 1e-9]])
+    accuracy = np.array([np.mean((scores < c) == zero) for c in cuts])
+    best = np.flatnonzero(accuracy == accuracy.max())
+    return float(cuts[best[len(best) // 2]])
+
+
+def fit_calibration(kind: str, scores: np.ndarray, target: np.ndarray):
+    """score -> R, fitted on these facts: raw and threshold: identity; power: a * s^g (least squares in log space
+    over facts with R > 0); isotonic: monotone step function."""
+    if kind in ("raw", "threshold"):
+        return lambda s: np.asarray(s, dtype=float)
+    if kind == "power":
+        keep = (target > 0) & (scores > 0)
+        if keep.sum() < 3:
+            return lambda s: np.asarray(s, dtype=float)
+        slope, intercept = np.polyfit(np.log(scores[keep]), np.log(target[keep]), 1)
+        return lambda s: np.clip(np.exp(intercept) * np.clip(np.asarray(s, dtype=float), 1e-12, None) ** slope, 0, 1)
+    from sklearn.isotonic import IsotonicRegression
+
+    iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(scores, target)
+    return lambda s: iso.predict(np.asarray(s, dtype=float))
+
+
+def fit_levels(kind: str, scores: np.ndarray, target: np.ndarray, conf: dict):
+    """A function score -> level fitted on (scores, sampling R): threshold for level 0, calibration for 1..4."""
+    floor = resolution(conf["templates"], conf["samples"])
+    threshold = floor if kind == "raw" else fit_threshold(scores, target < floor)
+    calibrate = fit_calibration(kind, scores, target)
+    bounds = conf["level_bounds"]
+
+    def levels(s: np.ndarray) -> np.ndarray:
+        cal = calibrate(s)
+        return np.array([0 if x < threshold else bisect.bisect_left(bounds, c) + 1
+                         for x, c in zip(s, cal, strict=True)])
+
+    return levels, threshold, calibrate
+
+
+def kappa(a, b, weights=None) -> float | None:
+    from sklearn.metrics import cohen_kappa_score
+
+    if len(set(a)) < 2 and len(set(b)) < 2:
+        return None
+    value = cohen_kappa_score(a, b, weights=weights, labels=list(range(5)))
+    return None if value != value else round(float(value), 4)
+
+
+def cv_kappa(kind: str, scores: np.ndarray, target: np.ndarray, truth: np.ndarray, conf: dict, seed: int) -> float:
+    """5-fold cross-validated kappa within the FIT half (out-of-fold levels, one kappa over all of them)."""
+    folds = np.random.default_rng(seed).permutation(len(scores)) % 5
+    predicted = np.zeros(len(scores), dtype=int)
+    for k in range(5):
+        train, test = folds != k, folds == k
+        if test.any():
+            levels, _, _ = fit_levels(kind, scores[train], target[train], conf)
+            predicted[test] = levels(scores[test])
+    return kappa(list(truth), list(predicted)) or 0.0
+
+
+def analyse(done: list[dict], facts: dict, rows: dict, cost: dict, conf: dict, seed: int) -> dict:
+    from scipy.stats import spearmanr
+
+    floor = resolution(conf["templates"], conf["samples"])
+    ids = [x["fact_id"] for x in done]
+    half = np.array([x["half"] for x in done])
+    fit, report = half == "fit", half == "report"
+    sample_r = np.array([rows["sample"][i]["score"] for i in ids])
+    truth = np.array([memory_level(r, conf["level_bounds"], floor) for r in sample_r])
+    relations = np.array([facts[i]["relation"] for i in ids])
+    sample_cost = cost["sample"]
+    out = {}
+    for name, runs in ESTIMATORS.items():
+        score = np.mean([[rows[run][i]["score"] for i in ids] for run in runs], axis=0)
+        spent = {key: round(sum(cost[run][key] for run in runs), 3) for key in sample_cost}
+        result = {
+            "spearman_report": round(float(spearmanr(score[report], sample_r[report]).statistic), 4),
+            "spearman_all": round(float(spearmanr(score, sample_r).statistic), 4),
+            "cost": spent,
+            "cost_vs_sample": {key: round(sample_cost[key] / spent[key], 2) if spent[key] else None
+                               for key in sample_cost},
+            "calibrations": {},
+        }
+        for kind in ("raw", *CALIBRATIONS):  # raw: the pipeline's levels (threshold 1/210, no calibration)
+            levels, threshold, calibrate = fit_levels(kind, score[fit], sample_r[fit], conf)
+            predicted = levels(score[report])
+            result["calibrations"][kind] = {
+                "level0_threshold": threshold,
+                "cv_kappa_fit": round(cv_kappa(kind, score[fit], sample_r[fit], truth[fit], conf, seed), 4),
+                "kappa_report": kappa(list(truth[report]), list(predicted)),
+                "level_agreement_report": round(float(np.mean(predicted == truth[report])), 4),
+            }
+        chosen = max(CALIBRATIONS, key=lambda k: result["calibrations"][k]["cv_kappa_fit"])
+        levels, threshold, calibrate = fit_levels(chosen, score[fit], sample_r[fit], conf)
+        predicted = levels(score[report])
+        confusion = np.zeros((5, 5), dtype=int)
+        for t, p in zip(truth[report], predicted, strict=True):
+            confusion[t, p] += 1
+        per_relation = {}
+        for relation in sorted(set(relations[report])):
+            mask = relations[report] == relation
+            per_relation[relation] = {
+                "facts": int(mask.sum()),
+                "level_agreement": round(float(np.mean(predicted[mask] == truth[report][mask])), 4),
+                "mean_abs_error": round(float(np.mean(np.abs(calibrate(score[report][mask])
+                                                             - sample_r[report][mask]))), 4),
+            }
+        result.update({
+            "calibration": chosen,
+            "level0_threshold": threshold,
+            "kappa_report": result["calibrations"][chosen]["kappa_report"],
+            "weighted_kappa_report": kappa(list(truth[report]), list(predicted), weights="quadratic"),
+            "level_agreement_report": result["calibrations"][chosen]["level_agreement_report"],
+            "confusion_report": {"rows": "sampling level 0..4", "columns": "estimator level 0..4",
+                                 "counts": confusion.tolist()},
+            "per_relation_report": per_relation,
+            "levels_report": predicted.tolist(),
+        })
+        out[name] = result
+    return out
+
+
+def noise_ceiling(done: list[dict], rows: dict, conf: dict, seed: int, draws: int = 200) -> dict:
+    """Kappa of sampling's levels with a simulated second sampling run (each template's rate taken as its
+    observed share of correct samples): roughly the best any estimator can reach against one sampling run.
+    spearman_ceiling_report: the Spearman of R with a continuous score that orders the facts exactly as R
+    does but breaks R's ties (most facts have R = 0) at random, the most a continuous score can reach."""
+    rng = np.random.default_rng(seed)
+    floor = resolution(conf["templates"], conf["samples"])
+    report = [x["fact_id"] for x in done if x["half"] == "report"]
+    correct = np.array([rows["sample"][i]["template_correct"] for i in report])
+    truth = [memory_level(rows["sample"][i]["score"], conf["level_bounds"], floor) for i in report]
+    values = []
+    for _ in range(draws):
+        again = rng.binomial(conf["samples"], correct / conf["samples"]).sum(axis=1) / (conf["templates"] *
+                                                                                       conf["samples"])
+        values.append(kappa(truth, [memory_level(r, conf["level_bounds"], floor) for r in again]) or 0.0)
+    from scipy.stats import spearmanr
+
+    r = np.array([rows["sample"][i]["score"] for i in report])
+    ceiling = [spearmanr(r, r + rng.random(len(r)) * 1e-9).statistic for _ in range(draws)]
+    return {"kappa_median": round(float(np.median(values)), 4), "kappa_p05": round(float(np.percentile(values, 5)), 4),
+            "kappa_p95": round(float(np.percentile(values, 95)), 4), "draws": draws,
+            "spearman_ceiling_report": round(float(np.mean(ceiling)), 4)}
+
+
+def plot(path: Path, done: list[dict], rows: dict, analysis: dict, conf: dict, model: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ids = [x["fact_id"] for x in done]
+    fit = np.array([x["half"] == "fit" for x in done])
+    sample_r = np.array([rows["sample"][i]["score"] for i in ids])
+    fig, axes = plt.subplots(1, len(ESTIMATORS), figsize=(4.2 * len(ESTIMATORS), 4.2), sharey=True)
+    for ax, (name, runs) in zip(axes, ESTIMATORS.items(), strict=True):
+        score = np.clip(np.mean([[rows[run][i]["score"] for i in ids] for run in runs], axis=0), 1e-7, None)
+        ax.scatter(score[fit], sample_r[fit], s=18, facecolors="none", edgecolors="tab:blue", label="fit half")
+        ax.scatter(score[~fit], sample_r[~fit], s=18, color="tab:orange", label="report half")
+        result = analysis[name]
+        ax.axvline(result["level0_threshold"], color="grey", ls=":", lw=1, label="level-0 threshold (fit)")
+        for bound in conf["level_bounds"]:
+            ax.axhline(bound, color="lightgrey", lw=0.8)
+        ax.plot([1e-7, 1], [1e-7, 1], color="black", lw=0.6, ls="--")
+        ax.set_xscale("log")
+        ax.set_xlim(1e-7, 2)
+        ax.set_xlabel(f"{name} score")
+        cost = result["cost_vs_sample"]["gflops"]
+        ax.set_title(f"{name}\nrho {result['spearman_report']}, kappa {result['kappa_report']} "
+                     f"({result['calibration']}), {cost}x cheaper", fontsize=9)
+    axes[0].set_ylabel("sampling R (21 x 10, T 0.7, 32 tokens)")
+    axes[0].legend(fontsize=7, loc="upper left")
+    fig.suptitle(f"{model}: cheap estimators vs the paper's sampling protocol ({len(ids)} facts)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    args = parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    ensure_inputs(args.model)
+    model_dir = Path(f"data/models/{args.model}")
+    model_info = json.loads((model_dir / "memqa_model.json").read_text())
+    root = Path("data/cache/crosscheck") / args.model
+    root.mkdir(parents=True, exist_ok=True)
+    # the first run's probe params and pool (facts and scores) are kept, so a resumed run or a later analysis
+    # is not moved by edits to params.yaml or a regenerated data/facts.jsonl
+    setup_path = root / f"setup-seed{args.seed}-pool{args.pool}-{args.dtype or 'params'}.json"
+    started = time.time()
+    if setup_path.is_file():
+        setup = json.loads(setup_path.read_text())
+        conf, facts, pool = setup["conf"], {f["fact_id"]: f for f in setup["facts"]}, setup["pool"]
+        model, tokenizer = load_model(model_dir, conf["dtype"])
+    else:
+        params = load_params()["probe"]
+        conf = {**params, **PAPER, "dtype": args.dtype or params["dtype"], "save_completions": False}
+        all_facts = {f["fact_id"]: f for f in read_jsonl("data/facts.jsonl")}
+        model, tokenizer = load_model(model_dir, conf["dtype"])
+        pool = score_pool(model, tokenizer, list(all_facts.values()), conf, args, root)
+        facts = {i: all_facts[i] for i in pool}
+        setup_path.write_text(json.dumps({"conf": conf, "pool": pool, "facts": list(facts.values())}))
+    chosen = select(pool, args.facts, args.seed)
+    cache = root / digest([[x["fact_id"] for x in chosen], conf, args.chunk, args.seed,
+                           model_info.get("weights_sha256")])
+    for run in args.redo:
+        for path in (cache / run).glob("*.json"):
+            path.unlink()
+    if not args.analyze_only:
+        run_chunks(model, tokenizer, chosen, facts, conf, args, cache)
+    done, rows, cost = load_runs(chosen, args, cache)
+    if len(done) < 4 or len({x["half"] for x in done}) < 2:
+        print(f"{len(done)} facts done: too few to analyse")
+        return
+    analysis = analyse(done, facts, rows, cost, conf, args.seed)
+    result = {
+        "model": args.model, "dtype": conf["dtype"], "threads": torch.get_num_threads(),
+        "protocol": {k: conf[k] for k in PAPER} | {"level_bounds": conf["level_bounds"],
+                                                   "resolution": resolution(conf["templates"], conf["samples"])},
+        "selection": {"pool": len(pool), "strata": min(STRATA, args.facts), "asked": args.facts, "facts": len(done),
+                      "fit": sum(x["half"] == "fit" for x in done),
+                      "report": sum(x["half"] == "report" for x in done), "seed": args.seed, "chunk": args.chunk},
+        "summary": {name: {"spearman_report": a["spearman_report"], "kappa_report": a["kappa_report"],
+                           "calibration": a["calibration"], "weighted_kappa_report": a["weighted_kappa_report"],
+                           "level_agreement_report": a["level_agreement_report"],
+                           "gflops_vs_sample": a["cost_vs_sample"]["gflops"],
+                           "tokens_vs_sample": a["cost_vs_sample"]["forward_tokens"],
+                           "wall_vs_sample": a["cost_vs_sample"]["wall_s"]} for name, a in analysis.items()},
+        "sampling_noise_ceiling": noise_ceiling(done, rows, conf, args.seed),
+        "sample_cost": cost["sample"],
+        "sample_levels_report": [memory_level(rows["sample"][x["fact_id"]]["score"], conf["level_bounds"],
+                                              resolution(conf["templates"], conf["samples"]))
+                                 for x in done if x["half"] == "report"],
+        "estimators": analysis,
+        "facts": [{**x, **{k: facts[x["fact_id"]][k] for k in ("relation", "subject", "question", "answers")}}
+                  for x in done],
+        "scores": {x["fact_id"]: {"sample": rows["sample"][x["fact_id"]]["score"],
+                                  "sample_template_correct": rows["sample"][x["fact_id"]]["template_correct"],
+                                  **{run: {"score": rows[run][x["fact_id"]]["score"],
+                                           "template_prob": rows[run][x["fact_id"]]["template_prob"]}
+                                     for run in RUNS if run != "sample"}} for x in done},
+        "completions": {x["fact_id"]: rows["sample"][x["fact_id"]]["completions"] for x in done},
+        "load_avg": [round(v, 2) for v in os.getloadavg()],
+        "script_wall_s": round(time.time() - started, 1),
+    }
+    out = Path(f"benchmarks/results/probe_crosscheck-{args.model}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    plot(out.with_suffix(".png"), done, rows, analysis, conf, args.model)
+    print(json.dumps({k: result[k] for k in ("selection", "summary", "sampling_noise_ceiling", "sample_cost")},
+                     indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -59,7 +59,7 @@ class ModelSpec(Section):
 
 
 class Probe(Section):
-    method: Literal["sample", "likelihood"]
+    method: Literal["sample", "likelihood", "greedy_containment", "rao_blackwell"]
     templates: Count
     samples: Count
     temperature: Annotated[Float, Field(ge=0)]
@@ -72,6 +72,8 @@ class Probe(Section):
     dtype: DTYPE = "bfloat16"
     save_completions: bool = False
     crosscheck_facts: Annotated[int, Field(ge=0)] = 0
+    rb_samples: Count = 2  # rao_blackwell: samples per template (each gives an unbiased estimate)
+    rb_max_new_tokens: Count | None = None  # rao_blackwell: decode samples only this far (None: max_new_tokens)
 
     @field_validator("level_bounds")
     @classmethod

@@ -9,7 +9,8 @@ random stream, so a completion does not depend on its batch neighbours.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Hashable, Sequence
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -92,17 +93,9 @@ def sample_gumbel_max(logits: torch.Tensor, temperature: float, keys: Sequence[i
 @torch.inference_mode()
 def generate_ids(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, num_samples: int = 1,
                  temperature: float = 0.0, batch_size: int = 32, seed: int = 0, progress=None,
-                 stop_when: Callable[[int, str], bool] | None = None,
-                 trace: Callable[[list[tuple[int, int]], int, torch.Tensor, torch.Tensor], Collection[int] | None]
-                 | None = None) -> list[list[list[int]]]:
+                 stop_when: Callable[[int, str], bool] | None = None) -> list[list[list[int]]]:
     """Complete every prompt num_samples times; temperature 0 is greedy. Returns [prompt][sample] token ids,
     without the stop token (EOS) that ended a completion.
-
-    trace(rows, step, logits, tokens), when given, sees every decoding step before its tokens are judged:
-    rows = the (prompt, sample) of each row still decoding, logits = their next-token logits [len(rows), vocab],
-    tokens = the tokens just chosen. It may return indices into rows that end after this token (the
-    estimators that follow a path only while it is likely enough). It is called for the step that draws
-    EOS too, so it sees every position at which a completion could have gone on.
 
     stop_when(prompt index, text so far) -> True ends that completion after the token just sampled (the
     probe: it already contains a gold answer). A completion that ends, by a stop token or stop_when,
@@ -139,14 +132,11 @@ def generate_ids(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: in
                 next_token = sample_gumbel_max(logits, temperature, [keys[r] for r in active], step)
             else:
                 next_token = logits.argmax(dim=-1)
-            halt = set(trace([rows[r] for r in active], step, logits, next_token) or ()) if trace else set()
             keep = []
             for k, (r, token) in enumerate(zip(active, next_token.tolist(), strict=True)):
                 if token in stop_ids:
                     continue
                 tokens[r].append(token)
-                if k in halt:
-                    continue
                 # the whole row is decoded, so a character split over tokens is judged once complete
                 if stop_when is not None and stop_when(rows[r][0], tokenizer.decode(tokens[r],
                                                                                   skip_special_tokens=True)):
@@ -168,6 +158,113 @@ def generate_ids(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: in
             outputs[p].append(token_ids)
         if progress is not None:
             progress.update(len(batch))
+    return outputs
+
+
+class Tracer(Protocol):
+    """What generate_traced reports to, and asks of, the estimator that watches it."""
+
+    def step(self, rows: list[tuple[int, int]], step: int, logits: torch.Tensor, tokens: torch.Tensor
+             ) -> tuple[Sequence[int], Sequence[tuple[int, Sequence[int], Hashable]]]:
+        """Rows still decoding ((prompt, sample) each), their next-token logits, the tokens just chosen; returns
+        (indices of rows that end after this token, forks (row index, continuation of >= 2 tokens, tag))."""
+
+    def forked(self, tags: list[Hashable], logits: torch.Tensor, targets: torch.Tensor) -> None:
+        """For each fork still running: the logits after its latest forced token and the next token it forces."""
+
+
+@torch.inference_mode()
+def generate_traced(model, tokenizer, prompts: Sequence[str], tracer: Tracer, *, max_new_tokens: int,
+                    num_samples: int = 1, temperature: float = 0.0, batch_size: int = 32, seed: int = 0,
+                    stop_when: Callable[[int, str], bool] | None = None) -> list[list[list[int]]]:
+    """generate_ids watched by a tracer, which may also fork rows to teacher-force short continuations.
+
+    At every decoding step tracer.step sees each row still decoding before its token is judged (the step that
+    draws EOS included, so every position at which a completion could have gone on), and may end rows after
+    this token or fork them: a fork is a copy of the row's state as it is before the chosen token (its KV-cache
+    row, mask and position), fed the continuation's tokens one per step instead; after each forced token but
+    the last, tracer.forked gets the logits predicting the next one. Forks ride in the batch beside the
+    decoding rows, so teacher-forcing a continuation at any position of a path costs one decoding step per
+    token after its first and no second pass over prompt and path.
+
+    The decoding rows are generate_ids's: the same per-completion random streams, stop tokens and stop_when,
+    so the completions are the same for the same seed (up to floating-point effects of batch shape).
+    """
+    device = next(model.parameters()).device
+    encoded = _encode(tokenizer, prompts)
+    stop_ids = set(_stop_ids(model, tokenizer))
+    outputs: list[list[list[int]]] = [[] for _ in prompts]
+    per_batch = max(1, batch_size // num_samples) if num_samples > 1 else batch_size
+    for batch in length_sorted_batches([len(e) for e in encoded], per_batch):
+        ids, mask = _left_pad([encoded[i] for i in batch], tokenizer.pad_token_id, device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+        cache, logits = out.past_key_values, out.logits[:, -1]
+        if num_samples > 1:
+            cache.batch_repeat_interleave(num_samples)
+            mask, logits = mask.repeat_interleave(num_samples, 0), logits.repeat_interleave(num_samples, 0)
+            positions = positions.repeat_interleave(num_samples, 0)
+        rows = [(p, s) for p in batch for s in range(num_samples)]
+        keys = [row_key(seed, p, s) for p, s in rows]
+        tokens: list[list[int]] = [[] for _ in rows]
+        active = list(range(len(rows)))  # decoding rows: the first len(active) rows of the cache
+        forks: list[list] = []  # [tag, continuation, tokens fed]: the cache's rows after the decoding ones
+        position = positions[:, -1:]
+        step = 0
+        while active or forks:
+            n = len(active)
+            index, feed = [], []
+            if n:
+                if temperature > 0:
+                    next_token = sample_gumbel_max(logits[:n], temperature, [keys[r] for r in active], step)
+                else:
+                    next_token = logits[:n].argmax(dim=-1)
+                halt, spawn = tracer.step([rows[r] for r in active], step, logits[:n], next_token)
+                halt = set(halt)
+                keep = []
+                for k, (r, token) in enumerate(zip(active, next_token.tolist(), strict=True)):
+                    if token in stop_ids:
+                        continue
+                    tokens[r].append(token)
+                    if k in halt or step == max_new_tokens - 1:
+                        continue
+                    if stop_when is not None and stop_when(rows[r][0], tokenizer.decode(tokens[r],
+                                                                                      skip_special_tokens=True)):
+                        continue
+                    keep.append(k)
+                index += keep
+                feed += [int(next_token[k]) for k in keep]
+                active = [active[k] for k in keep]
+            else:
+                spawn = []
+            if forks:
+                tracer.forked([f[0] for f in forks], logits[n:], torch.tensor([f[1][f[2]] for f in forks]))
+                going = []
+                for i, fork in enumerate(forks):
+                    if fork[2] + 1 < len(fork[1]):  # its next forced token still has a successor to score
+                        index.append(n + i)
+                        feed.append(fork[1][fork[2]])
+                        fork[2] += 1
+                        going.append(fork)
+                forks = going
+            for k, continuation, tag in spawn:
+                index.append(k)
+                feed.append(continuation[0])
+                forks.append([tag, list(continuation), 1])
+            if not index:
+                break
+            select = torch.tensor(index, device=device)
+            if index != list(range(mask.shape[0])):
+                cache.batch_select_indices(select)
+                mask, position = mask[select], position[select]
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            position = position + 1
+            out = model(input_ids=torch.tensor(feed, device=device)[:, None], attention_mask=mask,
+                        position_ids=position, past_key_values=cache, use_cache=True)
+            cache, logits = out.past_key_values, out.logits[:, -1]
+            step += 1
+        for (p, _), token_ids in zip(rows, tokens, strict=True):
+            outputs[p].append(token_ids)
     return outputs
 
 

@@ -1,4 +1,5 @@
-"""Closed-book QA evaluation: greedy answers of a cell's model to the test questions, judged per fact."""
+"""Closed-book QA evaluation: greedy answers of a cell's model to the test questions, judged per fact; data
+parallel under `accelerate launch` (batches split between the processes), with the one-process result."""
 from __future__ import annotations
 
 import json
@@ -6,20 +7,39 @@ import shutil
 from pathlib import Path
 
 from memqa.accuracy import accuracy_metrics
-from memqa.engine import generate
+from memqa.distributed import gather_in_order, my_share, process_state
+from memqa.engine import generate, length_sorted_batches
 from memqa.errors import MemqaError
 from memqa.matching import get_matcher
 from memqa.paths import dvc_stage
 from memqa.prompts import qa_prompt
 
 
-def predict(model, tokenizer, facts: list[dict], conf: dict) -> list[dict]:
+def predict(model, tokenizer, facts: list[dict], conf: dict, state=None) -> list[dict]:
+    """Greedy answers to the facts' questions, judged: one row per fact, in the facts' order, on every process.
+
+    The work is the one-process batch plan: the prompts in the engine's length-sorted batches of
+    evaluate.batch_size. Under `accelerate launch` process r decodes batches r, r + P, r + 2P, ... on its own
+    device, and the rows are gathered back into the facts' order. Each batch is decoded exactly as one process
+    decodes it (the same prompts in the same rows, the same padding), so the predictions are the one-process
+    predictions token for token: greedy decoding depends on a batch's shape in the last bits of the logits,
+    which a split by facts would change.
+    """
     matcher = get_matcher(conf["matcher"])
-    outputs = generate(model, tokenizer, [qa_prompt(f["question"]) for f in facts],
-                       max_new_tokens=int(conf["max_new_tokens"]), batch_size=int(conf["batch_size"]))
-    return [{"fact_id": f["fact_id"], "domain": f["domain"], "relation": f["relation"], "level": f["level"],
-             "question": f["question"], "gold": f["answers"], "output": out[0],
-             "correct": matcher(out[0], f["answers"])} for f, out in zip(facts, outputs, strict=True)]
+    prompts = [qa_prompt(f["question"]) for f in facts]
+    batch_size = int(conf["batch_size"])
+    lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=True)["input_ids"]] if prompts else []
+    batches = length_sorted_batches(lengths, batch_size)
+    mine = []
+    for b in my_share(len(batches), state):  # one batch per call: generate keeps it whole, rows in this order
+        outputs = generate(model, tokenizer, [prompts[i] for i in batches[b]],
+                           max_new_tokens=int(conf["max_new_tokens"]), batch_size=batch_size)
+        for i, out in zip(batches[b], outputs, strict=True):
+            f = facts[i]
+            mine.append((i, {"fact_id": f["fact_id"], "domain": f["domain"], "relation": f["relation"],
+                             "level": f["level"], "question": f["question"], "gold": f["answers"], "output": out[0],
+                             "correct": matcher(out[0], f["answers"])}))
+    return gather_in_order(mine, state)
 
 
 def train_info(trained_dir: Path | None) -> dict:
@@ -52,17 +72,23 @@ def drop_scratch_weights(trained_dir: Path | None) -> Path | None:
 
 def evaluate_cell(facts: list[dict], trained_dir: Path | None, model_dir: Path, conf: dict, sft_conf: dict,
                   n_levels: int, min_level_facts: int = 1) -> tuple[list[dict], dict]:
-    """(predictions, metrics) of one cell's model (trained_dir None: the untrained base) on the test facts."""
+    """(predictions, metrics) of one cell's model (trained_dir None: the untrained base) on the test facts.
+
+    Under `accelerate launch` every process loads the model onto its own device, predicts its share of the
+    batches (predict) and returns the whole result; the caller writes it on the main process only."""
     from memqa.models import load_for_eval, precision
 
+    state = process_state()
     if trained_dir is not None and not trained_dir.is_dir():
         raise MemqaError(f"no trained model at {trained_dir}: run `dvc repro sft` first")
     info = train_info(trained_dir)
     if info.get("skipped"):
         return [], {"skipped": True, "reason": "empty training set (see the split metrics)"}
     method = info.get("method", sft_conf["method"])
-    model, tokenizer = load_for_eval(model_dir, trained_weights(trained_dir, info), method, sft_conf)
-    predictions = predict(model, tokenizer, facts, conf)
+    model, tokenizer = load_for_eval(model_dir, trained_weights(trained_dir, info), method, sft_conf,
+                                     local_rank=state.local_process_index)
+    predictions = predict(model, tokenizer, facts, conf, state)
     return predictions, {"skipped": False, "train_facts": info.get("facts", 0),
                          "precision": precision(sft_conf, method, training=False),
+                         "processes": state.num_processes,
                          **accuracy_metrics(predictions, n_levels, min_level_facts)}

@@ -159,14 +159,15 @@ def load_tokenizer(model_dir: str | Path):
     return tokenizer
 
 
-def load_model(model_dir: str | Path, dtype: str = "bfloat16"):
-    """A materialised model for inference: eval mode, frozen, on GPU when there is one."""
+def load_model(model_dir: str | Path, dtype: str = "bfloat16", on: torch.device | None = None):
+    """A materialised model for inference: eval mode, frozen, on `on` (default: the GPU when there is one; under
+    `accelerate launch`, this process's device, memqa.distributed.process_state().device)."""
     from transformers import AutoModelForCausalLM
 
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
         raise MemqaError(f"no materialised model at {model_dir}: run `dvc repro materialize` first")
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch_dtype(dtype)).to(device())
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch_dtype(dtype)).to(on or device())
     model.eval().requires_grad_(False)
     contiguous_lm_head(model)
     return model, load_tokenizer(model_dir)
@@ -221,13 +222,13 @@ def load_base(model_dir: Path, method: str, conf: dict, local_rank: int = 0, tra
     return model, load_tokenizer(model_dir)
 
 
-def load_for_eval(model_dir: Path, trained_dir: Path | None, method: str, conf: dict):
+def load_for_eval(model_dir: Path, trained_dir: Path | None, method: str, conf: dict, local_rank: int = 0):
     """For evaluation: adapters unmerged on the base in its training precision, full weights as saved, or
-    (trained_dir None) the untrained base in the same precision, the 0-data baseline."""
+    (trained_dir None) the untrained base in the same precision, the 0-data baseline; on GPU local_rank."""
     if trained_dir is not None and method == "full":
-        model, tokenizer = load_base(trained_dir, method, conf)
+        model, tokenizer = load_base(trained_dir, method, conf, local_rank)
     else:
-        model, tokenizer = load_base(model_dir, method, conf)
+        model, tokenizer = load_base(model_dir, method, conf, local_rank)
         if trained_dir is not None:
             from peft import PeftModel
 

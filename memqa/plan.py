@@ -120,8 +120,10 @@ def workload(params: dict[str, Any], table: dict[str, Any]) -> dict[str, Any]:
 
     def probe_work(method: str, n_facts: int) -> dict[str, float]:
         prompts = n_facts * probe["templates"]
-        if method == "sample":
-            return {"completions": prompts * samples, "decode_tokens": prompts * samples * probe["max_new_tokens"],
+        if method != "likelihood":  # decoded paths per prompt; the traced estimators' teacher-forcing is left out
+            paths = {"greedy_containment": 1, "rao_blackwell": min(samples, probe.get("rb_samples", 2))}.get(method,
+                                                                                                          samples)
+            return {"completions": prompts * paths, "decode_tokens": prompts * paths * probe["max_new_tokens"],
                     "prefill_tokens": prompts * prompt_tokens, "likelihood_prompts": 0}
         return {"completions": 0, "decode_tokens": 0, "likelihood_prompts": prompts,
                 "prefill_tokens": prompts * (prompt_tokens + answer_tokens)}
@@ -312,13 +314,16 @@ def render(result: dict[str, Any], params: dict[str, Any], table: dict[str, Any]
     if probe["method"] == "sample":
         lines.append(f"probe completions: {totals['probe_completions']:,} (facts x {probe['templates']} templates x "
                      f"{probe['samples'] if probe['temperature'] > 0 else 1} samples, per model x {n_models})")
+    elif probe["method"] != "likelihood":
+        lines.append(f"probe decoded paths ({probe['method']}): {totals['probe_completions']:,} (facts x "
+                     f"{probe['templates']} templates x paths per template, per model x {n_models})")
     else:
         lines.append(f"probe likelihood prompts: {totals['likelihood_prompts']:,} (facts x {probe['templates']} "
                      f"templates, per model x {n_models})")
     tokens_qa = table["workload"]["tokens_per_qa_pair"]
     lines += [
         f"generated tokens, upper bound: {_num(totals['generated_tokens_upper_bound'])} "
-        f"(probe {probe['max_new_tokens'] if probe['method'] == 'sample' else 0}, evaluation "
+        f"(probe {probe['max_new_tokens'] if probe['method'] != 'likelihood' else 0}, evaluation "
         f"{params['evaluate']['max_new_tokens']} new tokens each)",
         f"SFT: {_num(totals['sft_facts'])} facts, {_num(totals['sft_tokens'])} tokens (x {sft['epochs']} epochs x "
         f"~{tokens_qa} tokens per QA pair), {totals['sft_steps']:,} optimizer steps of {sft['batch_size']}",
@@ -361,9 +366,9 @@ def render(result: dict[str, Any], params: dict[str, Any], table: dict[str, Any]
         if known and n_models > 1:
             lines.append(f"  all {n_models} models: {all_hours:,.1f} device-hours, disk {_bytes(all_disk)}")
         if known and devices > 1:
-            lines.append(f"  on {devices} devices: ~{all_hours / devices:,.1f} h wall-clock at best, when the work is "
-                         "split into experiments run side by side (`dvc exp run --queue`, one worker per device); one "
-                         "`dvc repro` runs its stages one after another")
+            lines.append(f"  on {devices} devices: ~{all_hours / devices:,.1f} h wall-clock at best, with the work "
+                         "split into experiments run side by side (one `dvc exp run --temp` per device, README \"Paper "
+                         "scale\"); one `dvc repro` runs its stages one after another")
     return "\n".join(lines)
 
 

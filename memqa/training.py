@@ -11,24 +11,20 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import os
 import random
 import resource
-import shlex
 import shutil
-import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 
+from memqa.distributed import is_main_process, process_state
 from memqa.errors import MemqaError
 from memqa.io import write_csv, write_json
 from memqa.models import compute_dtype, load_base, precision
 from memqa.prompts import qa_prompt
-
-LAUNCH_ENV = "MEMQA_ACCELERATE"  # e.g. "--config_file configs/accelerate/fsdp.yaml --num_processes 8"
 
 
 def qa_example(tokenizer, question: str, answer: str, max_length: int) -> dict[str, list[int]]:
@@ -72,42 +68,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     if torch.cuda.is_available():
         torch.cuda.manual_seed_all(seed)
-
-
-def process_state():
-    """This process's place under `accelerate launch` / torchrun (one process, rank 0, otherwise). Without a GPU
-    the processes join a gloo group (accelerate's MULTI_CPU), which is how the tests run 2 processes."""
-    from accelerate import PartialState
-
-    return PartialState(cpu=not torch.cuda.is_available())
-
-
-def is_main_process() -> bool:
-    return process_state().is_main_process
-
-
-def relaunch_command(argv: list[str], environ: dict[str, str] | None = None) -> list[str] | None:
-    """The `accelerate launch` command that reruns argv (a script and its arguments) on several processes, when
-    $MEMQA_ACCELERATE holds launcher options and this process is not already under a launcher; else None.
-
-    DVC runs `python stages/sft.py ...`; the launcher options live in the environment, not in dvc.yaml, so the
-    same stage runs on 1, 4 or 8 GPUs without changing its command (the loss curve does not depend on it)."""
-    environ = os.environ if environ is None else environ
-    options = environ.get(LAUNCH_ENV, "").strip()
-    if not options or "LOCAL_RANK" in environ:
-        return None
-    return [sys.executable, "-m", "accelerate.commands.launch", *shlex.split(options), *argv]
-
-
-def relaunch(argv: list[str]) -> int | None:
-    """Run relaunch_command(argv) (its processes without $MEMQA_ACCELERATE) and return its exit code; None when
-    there is nothing to relaunch."""
-    import subprocess
-
-    command = relaunch_command(argv)
-    if command is None:
-        return None
-    return subprocess.call(command, env={k: v for k, v in os.environ.items() if k != LAUNCH_ENV})
 
 
 def per_device_batch(batch_size: int, processes: int, grad_accum: int) -> int:

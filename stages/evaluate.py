@@ -2,14 +2,19 @@
 
     python stages/evaluate.py --model gemma3-270m --level 4 --size 60 --seed 0     # a fine-tuned cell
     python stages/evaluate.py --model gemma3-270m --base                           # the 0-data baseline
+    accelerate launch --config_file configs/accelerate/ddp.yaml --num_processes 4 stages/evaluate.py --model ... --base
+    MEMQA_ACCELERATE="--config_file configs/accelerate/ddp.yaml --num_processes 4" dvc repro   # every evaluate
 """
 from __future__ import annotations
+
+import sys
 
 import click
 
 from memqa import paths
 from memqa.accuracy import DOMAINS
 from memqa.config import load_params, section
+from memqa.distributed import is_main_process, relaunch
 from memqa.errors import MemqaError
 from memqa.evaluation import drop_scratch_weights, evaluate_cell
 from memqa.io import read_jsonl, write_json, write_jsonl
@@ -30,11 +35,18 @@ def main(model_name: str, base: bool, level: int | None, size: str | None, seed:
     evaluate.matcher; accuracy per test level, headline (mean of the level accuracies) and micro.
 
     Output: predictions in data/eval/<model>/<cell>.jsonl, metrics in metrics/eval/<model>/<cell>.json.
+
+    Under `accelerate launch` (or with $MEMQA_ACCELERATE holding launcher options) each of P processes decodes
+    every P-th batch on its own device; the main process gathers the predictions (the one-process ones) and
+    alone writes.
     """
     if base == (level is not None):
         raise MemqaError("give either --base or --level/--size/--seed")
     if not base and (size is None or seed is None):
         raise MemqaError("--level needs --size and --seed too")
+    code = relaunch(sys.argv)  # $MEMQA_ACCELERATE: this command again, under `accelerate launch`
+    if code is not None:
+        raise SystemExit(code)
     params = load_params(params_file)
     cell = "base" if base else paths.cell_name(level, size, seed)
     facts = [f for domain in DOMAINS for f in read_jsonl(paths.test_set(model_name, domain))]
@@ -42,6 +54,8 @@ def main(model_name: str, base: bool, level: int | None, size: str | None, seed:
                                          paths.model_dir(model_name), section(params, "evaluate"),
                                          section(params, "sft"), n_levels(section(params, "probe")["level_bounds"]),
                                          section(params, "report")["min_level_facts"])
+    if not is_main_process():  # every process predicted its share; only the main one writes
+        return
     write_jsonl(paths.predictions(model_name, cell), predictions)
     write_json(paths.eval_metrics(model_name, cell), metrics)
     dropped = drop_scratch_weights(None if base else paths.sft_dir(model_name, cell))

@@ -3,17 +3,21 @@
     python stages/probe.py --model gemma3-270m
     dvc repro probe@gemma3-270m
     dvc exp run -S probe.method=sample -S probe.samples=10      # the paper's sampling protocol
+    accelerate launch --config_file configs/accelerate/ddp.yaml --num_processes 8 stages/probe.py --model M
+    MEMQA_ACCELERATE="--config_file configs/accelerate/ddp.yaml --num_processes 8" dvc repro   # every probe
 
 Shards go to data/cache/probe/<model>/<fingerprint>/; a killed run resumes from the shards it finished.
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
 
 from memqa import paths
 from memqa.config import load_params, model_spec, section
+from memqa.distributed import is_main_process, relaunch
 from memqa.io import read_jsonl, write_json, write_jsonl
 from memqa.options import model_option, params_option
 from memqa.probing import run_probe
@@ -33,12 +37,21 @@ def main(model_name: str, params_file: str, facts_path: Path, cache_root: Path) 
     probability that a sample starts with the answer, from one teacher-forced pass per template. Levels
     follow probe.level_bounds; level 0 is R below 1 / (templates x samples).
     Output: data/probe/<model>/scores.jsonl, metrics/<model>/probe.json.
+
+    Under `accelerate launch` (or with $MEMQA_ACCELERATE holding launcher options) process r of P scores shards
+    r, r + P, ... on its own device; the main process then reads every shard and alone writes the outputs,
+    the same as one process writes.
     """
     params = load_params(params_file)
     conf = section(params, "probe")
     model_spec(params, model_name)
+    code = relaunch(sys.argv)  # $MEMQA_ACCELERATE: this command again, under `accelerate launch`
+    if code is not None:
+        raise SystemExit(code)
     rows, metrics = run_probe(model_name, conf, read_jsonl(facts_path), paths.model_dir(model_name), cache_root,
                               paths.TEMPLATES_FILE, facts_path)
+    if not is_main_process():  # every process scored its shards; only the main one writes
+        return
     write_jsonl(paths.scores(model_name), rows)
     write_json(paths.probe_metrics(model_name), metrics)
     click.echo(f"probe {model_name}: {metrics['facts']} facts in {metrics['wall_s']} s; "

@@ -13,9 +13,10 @@ import click
 
 from memqa import paths
 from memqa.config import load_params, section
+from memqa.distributed import is_main_process, relaunch
 from memqa.io import read_jsonl, write_json
 from memqa.options import model_option, params_option
-from memqa.training import fine_tune, is_main_process, relaunch
+from memqa.training import fine_tune
 
 
 @click.command("sft")

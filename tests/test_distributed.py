@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from memqa.distributed import relaunch_command
 from memqa.errors import MemqaError
 from memqa.io import read_json, write_jsonl
 from memqa.prompts import qa_prompt
-from memqa.training import per_device_batch, relaunch_command
+from memqa.training import per_device_batch
 from tests import tiny
 
 REPO = Path(__file__).resolve().parents[1]
