@@ -36,6 +36,20 @@ def _left_pad(rows: list[list[int]], pad_id: int, device: torch.device) -> tuple
     return ids.to(device), mask.to(device)
 
 
+def _prefill(model, rows: list[list[int]], pad_id: int, num_samples: int, device: torch.device):
+    """Encode a batch of prompts once and repeat its KV cache, last logits, mask and positions for the samples:
+    (cache, logits, mask, positions), each with num_samples rows per prompt, prompt by prompt."""
+    ids, mask = _left_pad(rows, pad_id, device)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+    cache, logits = out.past_key_values, out.logits[:, -1]
+    if num_samples > 1:
+        cache.batch_repeat_interleave(num_samples)
+        mask, logits = mask.repeat_interleave(num_samples, 0), logits.repeat_interleave(num_samples, 0)
+        positions = positions.repeat_interleave(num_samples, 0)
+    return cache, logits, mask, positions
+
+
 def _stop_ids(model, tokenizer) -> list[int]:
     ids = model.generation_config.eos_token_id
     ids = set(ids if isinstance(ids, list) else [ids]) | {tokenizer.eos_token_id}
@@ -114,14 +128,8 @@ def generate_ids(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: in
     outputs: list[list[list[int]]] = [[] for _ in prompts]
     per_batch = max(1, batch_size // num_samples) if num_samples > 1 else batch_size
     for batch in length_sorted_batches([len(e) for e in encoded], per_batch):
-        ids, mask = _left_pad([encoded[i] for i in batch], tokenizer.pad_token_id, device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
-        cache, logits = out.past_key_values, out.logits[:, -1]
-        if num_samples > 1:  # the prompt is encoded once; its cache serves all of its samples
-            cache.batch_repeat_interleave(num_samples)
-            mask, logits = mask.repeat_interleave(num_samples, 0), logits.repeat_interleave(num_samples, 0)
-            positions = positions.repeat_interleave(num_samples, 0)
+        cache, logits, mask, positions = _prefill(model, [encoded[i] for i in batch], tokenizer.pad_token_id,
+                                                  num_samples, device)
         rows = [(p, s) for p in batch for s in range(num_samples)]  # in the cache's batch order
         keys = [row_key(seed, p, s) for p, s in rows]
         tokens: list[list[int]] = [[] for _ in rows]
@@ -196,14 +204,8 @@ def generate_traced(model, tokenizer, prompts: Sequence[str], tracer: Tracer, *,
     outputs: list[list[list[int]]] = [[] for _ in prompts]
     per_batch = max(1, batch_size // num_samples) if num_samples > 1 else batch_size
     for batch in length_sorted_batches([len(e) for e in encoded], per_batch):
-        ids, mask = _left_pad([encoded[i] for i in batch], tokenizer.pad_token_id, device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
-        cache, logits = out.past_key_values, out.logits[:, -1]
-        if num_samples > 1:
-            cache.batch_repeat_interleave(num_samples)
-            mask, logits = mask.repeat_interleave(num_samples, 0), logits.repeat_interleave(num_samples, 0)
-            positions = positions.repeat_interleave(num_samples, 0)
+        cache, logits, mask, positions = _prefill(model, [encoded[i] for i in batch], tokenizer.pad_token_id,
+                                                  num_samples, device)
         rows = [(p, s) for p in batch for s in range(num_samples)]
         keys = [row_key(seed, p, s) for p, s in rows]
         tokens: list[list[int]] = [[] for _ in rows]
