@@ -10,7 +10,8 @@
    within each stratum half go to FIT, half to REPORT. 3. Every chosen fact is scored by the paper's
    protocol (method sample: 21 templates x 10 samples, T 0.7, <= 32 new tokens, `contains`, completions
    kept) and by every cheap estimator (likelihood, greedy_containment, rao_blackwell with 1 and 2 samples
-   per template: the K=2 estimate is the mean of two independent K=1 runs, its cost their sum), in chunks of
+   per template: the K=2 estimate is the mean of two independent K=1 runs, its cost their sum; and with 1
+   sample decoded only 16 tokens, rb_max_new_tokens 16), in chunks of
    --chunk facts, each cached under data/cache/crosscheck/ (a killed run resumes; --stop-after N stops after
    the chunks that hold the first N facts, to time them). The facts are processed in an order that
    interleaves the strata, so a partial run is itself a stratified sample. 4. Analysis, on the facts done:
