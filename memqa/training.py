@@ -1,4 +1,4 @@
-"""Supervised fine-tuning in the paper's QA format, by QLoRA (default), LoRA or full fine-tuning.
+"""Supervised fine-tuning in the paper's QA format, by LoRA (default), QLoRA or full fine-tuning.
 
 A plain PyTorch loop under `accelerate`, so `accelerate launch` runs it data-parallel (DDP) or sharded (FSDP,
 full fine-tuning) unchanged. `sft.batch_size` is the global batch: each of P processes takes
