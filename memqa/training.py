@@ -272,6 +272,7 @@ def fine_tune(facts: list[dict], conf: dict, seed: int, model_dir: Path, out_dir
             write_csv(log_path, [], ["step", "loss", "lr"])
             end_live(start_live(live_dir), {"step": 0, "skipped": True})
     else:
+        seed_everything(seed)  # the adapters' random init is part of the seed's training randomness
         model, tokenizer = load_trainable(model_dir, method, conf, local_rank=state.local_process_index)
         info = train(model, tokenizer, facts, conf, method, seed, log_path, live_dir)
         trained, accelerator = info.pop("model"), info.pop("accelerator")

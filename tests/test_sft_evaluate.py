@@ -152,3 +152,14 @@ def test_sft_is_deterministic_for_a_seed(world):
     _sft(root, model_dir, conf, root / "det-a")
     _sft(root, model_dir, conf, root / "det-b")
     assert (root / "det-a" / f"{CELL}.csv").read_text() == (root / "det-b" / f"{CELL}.csv").read_text()
+
+
+def test_adapter_training_depends_on_the_seed_not_on_earlier_random_draws(world):
+    import torch
+
+    root, model_dir, _, _ = world
+    conf = {**SFT, "method": "lora", "epochs": 2, "lr": 1e-2, "lora_dropout": 0.1}
+    _sft(root, model_dir, conf, root / "seed-a")
+    torch.rand(1000)  # whatever ran before must not change the adapters' init
+    _sft(root, model_dir, conf, root / "seed-b")
+    assert (root / "seed-a" / f"{CELL}.csv").read_text() == (root / "seed-b" / f"{CELL}.csv").read_text()
