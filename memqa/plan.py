@@ -41,19 +41,49 @@ def preset_overrides(path: str | Path) -> list[str]:
     return items
 
 
+def _merge(old: Any, new: Any, item: str, strict: bool) -> Any:
+    """A dict value merges into the dict it overrides (Hydra's rule); any other value replaces."""
+    if not (isinstance(old, dict) and isinstance(new, dict)):
+        return new
+    merged = dict(old)
+    for key, value in new.items():
+        if strict and key not in old:
+            raise MemqaError(f"override '{item}': '{key}' is not in the params; add it with +key=value, or "
+                             "replace the whole section with -S '~key' -S '+key=value'")
+        merged[key] = _merge(old.get(key), value, item, strict) if key in old else value
+    return merged
+
+
 def apply_override(params: dict[str, Any], item: str) -> None:
-    """Set params[a][b]... = value for 'a.b...=value' (value read as YAML), as `dvc exp run -S` does."""
-    key, sep, text = item.partition("=")
+    """Apply one `dvc exp run -S` item in memory, with the Hydra override grammar DVC uses: `a.b=value`
+    overrides an existing key (a dict value merges into it), `+a.b=value` adds a new key, `++a.b=value` adds or
+    overrides, `~a.b` deletes. Values are read as YAML."""
+    if item.startswith("~"):
+        key, sep, text = item[1:], "", ""
+        op = "delete"
+    else:
+        op = "force" if item.startswith("++") else "add" if item.startswith("+") else "set"
+        key, sep, text = item.lstrip("+").partition("=")
+        if not sep:
+            raise MemqaError(f"override '{item}' is not key=value: write e.g. sft.method=full")
     key = key.removeprefix(f"{PARAMS_FILE}:")
-    if not sep or not key:
-        raise MemqaError(f"override '{item}' is not key=value: write e.g. sft.method=full")
+    if not key:
+        raise MemqaError(f"override '{item}' names no key: write e.g. sft.method=full")
     *parents, leaf = key.split(".")
     node = params
     for part in parents:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise MemqaError(f"override '{item}': '{part}' is not a section: fix the key")
-    node[leaf] = yaml.safe_load(text)
+    if op == "delete":
+        node.pop(leaf, None)
+        return
+    value = yaml.safe_load(text)
+    if op == "add" and leaf in node:
+        raise MemqaError(f"override '{item}': '{key}' exists already; override it without '+' (or with '++')")
+    if op == "set" and leaf not in node:
+        raise MemqaError(f"override '{item}': '{key}' is not in the params; add it with +{key}=...")
+    node[leaf] = _merge(node.get(leaf), value, item, strict=op == "set")
 
 
 def load_plan_params(params_file: str | Path = PARAMS_FILE, preset: str | Path | None = None,

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from memqa.cli import main
 from memqa.config import validate
 from memqa.errors import MemqaError
-from memqa.plan import load_plan_params, load_table, model_sizes, plan, stage_counts, workload
+from memqa.plan import apply_override, load_plan_params, load_table, model_sizes, plan, stage_counts, workload
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -93,15 +93,15 @@ def test_hours_follow_the_throughput_table():
 
 def test_preset_overrides_apply_in_memory_and_set_comes_last():
     params, overrides = load_plan_params(REPO / "params.yaml", REPO / "presets" / "paper.args",
-                                         ("sft.epochs=3", "models={llama3-8b: {source: org/model}}"))
-    assert len(overrides) == shlex.split((REPO / "presets" / "paper.args").read_text()).count("-S") + 2
-    assert overrides[-2:] == ["sft.epochs=3", "models={llama3-8b: {source: org/model}}"]
+                                         ("sft.epochs=3", "~models", "+models={llama3-8b: {source: org/model}}"))
+    assert len(overrides) == shlex.split((REPO / "presets" / "paper.args").read_text()).count("-S") + 3
+    assert overrides[-3:] == ["sft.epochs=3", "~models", "+models={llama3-8b: {source: org/model}}"]
     assert params["probe"]["method"] == "sample" and params["sft"]["method"] == "full"
     assert params["sft"]["lr_full"] == 1e-5 and params["sft"]["epochs"] == 3
     assert params["download"]["per_relation"] == {"train": None, "dev": None, "test": None}
     assert params["split"]["sizes"][-1] == "all" and list(params["models"]) == ["llama3-8b"]
     assert yaml.safe_load((REPO / "params.yaml").read_text())["sft"]["method"] != "full"  # the file is untouched
-    with pytest.raises(MemqaError, match="unknown key 'sft.metod'"):
+    with pytest.raises(MemqaError, match="'sft.metod' is not in the params"):
         load_plan_params(REPO / "params.yaml", sets=("sft.metod=full",))
     with pytest.raises(MemqaError, match="is not key=value"):
         load_plan_params(REPO / "params.yaml", sets=("sft.method",))
@@ -132,3 +132,21 @@ def test_plan_command_without_model_sizes_still_counts(tmp_path, monkeypatch):
     assert "DVC stage instances:" in result.output and "parameters unknown: pass --model-params" in result.output
     bad = CliRunner().invoke(main, ["plan", "--device", "tpu"])
     assert bad.exit_code == 1 and "unknown device kind 'tpu'" in bad.output
+
+
+def test_overrides_follow_the_hydra_grammar_dvc_uses():
+    """Measured with DVC 3: `models={x: ...}` fails on a new key, `+models.x=...` adds one, `~models` deletes."""
+    params = {"models": {"a": {"source": "s", "dtype": "bfloat16"}}, "sft": {"epochs": 1}}
+    apply_override(params, "+models.b={source: t}")
+    assert list(params["models"]) == ["a", "b"]
+    apply_override(params, "models={a: {dtype: float32}}")  # a dict merges into the one it overrides
+    assert params["models"]["a"] == {"source": "s", "dtype": "float32"}
+    with pytest.raises(MemqaError, match="'c' is not in the params"):
+        apply_override(params, "models={c: {source: u}}")
+    with pytest.raises(MemqaError, match="exists already"):
+        apply_override(params, "+sft.epochs=2")
+    with pytest.raises(MemqaError, match=r"add it with \+sft.lr"):
+        apply_override(params, "sft.lr=2")
+    apply_override(params, "~models")
+    apply_override(params, "+models={c: {source: u}}")
+    assert params["models"] == {"c": {"source": "u"}}

@@ -163,3 +163,22 @@ def test_adapter_training_depends_on_the_seed_not_on_earlier_random_draws(world)
     torch.rand(1000)  # whatever ran before must not change the adapters' init
     _sft(root, model_dir, conf, root / "seed-b")
     assert (root / "seed-a" / f"{CELL}.csv").read_text() == (root / "seed-b" / f"{CELL}.csv").read_text()
+
+
+def test_loss_from_answer_positions_only_equals_the_full_logits_loss(world):
+    """The output layer skips prompt and padding positions; the summed answer-token loss must not change."""
+    import torch
+
+    from memqa.models import load_tokenizer
+    from memqa.training import accepts_logits_to_keep, collate, load_trainable, summed_loss
+
+    root, model_dir, _, _ = world
+    tokenizer = load_tokenizer(model_dir)
+    model, _ = load_trainable(model_dir, "lora", SFT)
+    facts = read_jsonl(root / "splits" / "tiny" / "train-L4-n12-s0.jsonl")[:4]
+    batch = collate([qa_example(tokenizer, f["question"], f["answers"][0] + " and more", 48) for f in facts],
+                    tokenizer.pad_token_id)
+    assert accepts_logits_to_keep(model)
+    full, only = summed_loss(model, batch), summed_loss(model, batch, answer_positions_only=True)
+    assert full.item() > 0
+    torch.testing.assert_close(only, full, rtol=1e-5, atol=1e-5)
