@@ -21,6 +21,7 @@ GRID = Path("metrics/grid.csv")
 SUMMARY = Path("metrics/summary.json")
 PLOTS = Path("plots")
 REPORT = Path("REPORT.md")
+BENCHMARK_RESULTS = Path("benchmarks/results")  # the estimator crosscheck, which REPORT.md quotes
 METRICS = Path("metrics")
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from memqa.accuracy import DOMAINS
 from memqa.config import section
 from memqa.grid import grid_levels
+from memqa.verdicts import facts_to_decide
 
 PAPER = {  # the paper's protocol, for listing this run's deviations
     ("probe", "method"): "sample", ("probe", "templates"): 21, ("probe", "samples"): 10,
@@ -61,6 +62,86 @@ def verdict_table(verdicts: list[dict]) -> list[str]:
     return lines
 
 
+def decidability(verdicts: list[dict], params: dict, metrics_root: Path) -> list[str]:
+    """Which claims this run decides, which need more test facts (projected from the measured intervals), and
+    which need what this configuration cannot give (a second model, memory levels the model barely fills)."""
+    decided = [v for v in verdicts if v["verdict"] != "inconclusive"]
+    per_relation = section(params, "download")["per_relation"].get("test")
+    min_facts = section(params, "report")["min_level_facts"]
+    out = ["### What this run can decide", "",
+           f"Decided here: {len(decided)} of {len(verdicts)} claim tests"
+           + (": " + "; ".join(f"{v['claim']} ({v['model']}, {v['domain']}: {v['verdict']})" for v in decided)
+              if decided else "") + ".", ""]
+    more = []
+    for v in verdicts:
+        factor = facts_to_decide(v)
+        if factor is None:
+            if v["verdict"] == "inconclusive" and v["note"]:
+                more.append(f"- {v['claim']} ({v['model']}, {v['domain']}): {v['note']}.")
+            continue
+        effect = v["effect"]
+        if factor == float("inf"):
+            more.append(f"- {v['claim']} ({v['model']}, {v['domain']}): the effect ({effect['value']:.1f}) sits on "
+                        f"the threshold ({v['threshold']:g}); no amount of data decides it at this effect.")
+            continue
+        facts = effect["facts"] * factor
+        hint = (f", i.e. `download.per_relation.test` ~{per_relation * factor:,.0f}"
+                if isinstance(per_relation, int) and per_relation else "")
+        more.append(f"- {v['claim']} ({v['model']}, {v['domain']}): effect {effect['value']:.1f}, interval "
+                    f"+-{(effect['high'] - effect['low']) / 2:.1f} on {effect['facts']} test facts and "
+                    f"{effect['seeds']} seeds; to clear the threshold ({v['threshold']:g}) at this effect, about "
+                    f"{factor:.1f}x the test facts (~{facts:,.0f}){hint}.")
+    if more:
+        out += ["Undecided here, and what would decide them (projected from this run's intervals: a 95% interval "
+                "narrows as one over the square root of the test facts; more seeds narrow it too):", "", *more, ""]
+    thin = []
+    for model in section(params, "models"):
+        path = metrics_root / model / "split.json"
+        if path.is_file():
+            counts = json.loads(path.read_text())["level_counts"]
+            for domain in ("test_id", "test_ood"):
+                few = [lv for lv, n in enumerate(counts[domain]) if n < min_facts]
+                if few:
+                    thin.append(f"{model} {domain.removeprefix('test_')}: levels {few}")
+    if thin:
+        out += [f"Test levels holding fewer than {min_facts} facts, so no claim about them is tested here: "
+                + "; ".join(thin) + ". Small models place few facts at high memory levels (see Memory levels); "
+                "claims about levels 2-4 need the paper's larger models and sampling probe (a GPU: "
+                "presets/paper.args, README \"Paper scale\").", ""]
+    return out
+
+
+def estimator_agreement(params: dict, results_dir: Path) -> list[str]:
+    """Which estimator made the levels, and its agreement with the paper's sampling protocol as measured by
+    benchmarks/probe_crosscheck.py on held-out facts of each model (when that result is present)."""
+    probe = section(params, "probe")
+    method = probe["method"]
+    if method == "rao_blackwell":
+        short = "_h16" if probe.get("rb_max_new_tokens") == 16 else ""
+        name = f"rao_blackwell_k{probe.get('rb_samples', 2)}{short}"
+    else:
+        name = method
+    out = [f"Levels made by `probe.method: {method}`"
+           + (" (the paper's protocol)." if method == "sample" else
+              "; its agreement with the paper's sampling protocol (benchmarks/probe_crosscheck.py, held-out "
+              "REPORT half of facts stratified over the estimator's range; Spearman of R, Cohen's kappa of levels):")]
+    if method == "sample":
+        return out + [""]
+    for model in section(params, "models"):
+        path = results_dir / f"probe_crosscheck-{model}.json"
+        result = json.loads(path.read_text()) if path.is_file() else {}
+        row = result.get("summary", {}).get(name)
+        if row is None:
+            out.append(f"- {model}: not measured (run benchmarks/probe_crosscheck.py --model {model}).")
+            continue
+        ceiling = result.get("sampling_noise_ceiling", {})
+        out.append(f"- {model}: Spearman {row['spearman_report']}, kappa {row['kappa_report']} on "
+                   f"{result['selection']['report']} held-out facts ({result['selection']['facts']} scored), at "
+                   f"{row['gflops_vs_sample']}x less compute than sampling; sampling against itself: Spearman "
+                   f"{ceiling.get('spearman_ceiling_report', '?')}, kappa {ceiling.get('kappa_median', '?')}.")
+    return out + [""]
+
+
 def stage_precisions(metrics_root: Path, models: list[str], stage: str) -> dict[str, str]:
     """model -> the precision(s) its SFT or evaluation metrics record (one value when all cells agree)."""
     found = {}
@@ -73,7 +154,7 @@ def stage_precisions(metrics_root: Path, models: list[str], stage: str) -> dict[
 
 
 def build_report(params: dict, rows: list[dict], verdicts: list[dict], metrics_root: Path, plots_dir: Path,
-                 reference: dict) -> str:
+                 reference: dict, results_dir: Path) -> str:
     models = list(section(params, "models"))
     levels = grid_levels(rows)
     report = section(params, "report")
@@ -86,7 +167,7 @@ def build_report(params: dict, rows: list[dict], verdicts: list[dict], metrics_r
            "on the claim's side; **contradicted**: on the other side; **inconclusive**: it straddles (or too few "
            f"facts). Test levels with fewer than {report['min_level_facts']} facts are left out; the non-inferiority "
            f"margin of \"60 points suffice\" is {report['margin']:g} points.", "",
-           *verdict_table(verdicts), "", "## What was run", "",
+           *verdict_table(verdicts), "", *decidability(verdicts, params, metrics_root), "## What was run", "",
            "| model | source | parameters | dtype |", "|---|---|---|---|"]
     for model in models:
         info_path = metrics_root / model / "model.json"
@@ -111,7 +192,8 @@ def build_report(params: dict, rows: list[dict], verdicts: list[dict], metrics_r
                        f"({overlap['per_relation']}); {fate}.")
     out += ["", "Params that differ from the paper's protocol:", "", "| param | this run | paper |", "|---|---|---|",
             *deviations(params)]
-    out += ["", "## Memory levels", "", f"Facts per level {list(levels)}:", "",
+    out += ["", "## Memory levels", "", *estimator_agreement(params, results_dir),
+            f"Facts per level {list(levels)}:", "",
             "| model | train pool | in-domain test | out-of-domain test |", "|---|---|---|---|"]
     for model in models:
         path = metrics_root / model / "split.json"

@@ -38,10 +38,25 @@ class Study:
 
 
 def _row(claim: str, study: Study, statistic: str, estimate: Estimate | None, result: str, note: str = "",
-         restricted: Estimate | None = None) -> dict:
+         restricted: Estimate | None = None, threshold: float = 0.0) -> dict:
     return {"claim": claim, "model": study.model, "domain": study.domain, "statistic": statistic,
-            "verdict": result, "effect": None if estimate is None else estimate.as_dict(),
+            "verdict": result, "effect": None if estimate is None else estimate.as_dict(), "threshold": threshold,
             "restricted_to_shared_relations": None if restricted is None else restricted.as_dict(), "note": note}
+
+
+def facts_to_decide(row: dict) -> float | None:
+    """For an inconclusive verdict: how many times its test facts would narrow the 95% interval enough to
+    clear the threshold, if the effect stayed at its point estimate (an interval's width shrinks as one over
+    the square root of the facts). None when the verdict is decided or there is no estimate; inf when the
+    point estimate sits on the threshold."""
+    effect = row.get("effect")
+    if row["verdict"] != "inconclusive" or effect is None or effect["low"] is None:
+        return None
+    half_width = (effect["high"] - effect["low"]) / 2
+    distance = abs(effect["value"] - row.get("threshold", 0.0))
+    if half_width != half_width or distance < 1e-9:  # NaN interval, or an effect on the threshold
+        return float("inf")
+    return (half_width / distance) ** 2
 
 
 def _numeric(size: str) -> float:
@@ -65,7 +80,7 @@ def sixty_suffice(study: Study, margin: float, min_facts: int) -> dict:
 
     estimate = bootstrap(arms, study.levels, statistic)
     return _row(name, study, stat, estimate, verdict(estimate, -margin),
-                f"n=60 vs n={largest}, training levels {levels}")
+                f"n=60 vs n={largest}, training levels {levels}", threshold=-margin)
 
 
 def higher_memory_answered_better(study: Study, min_facts: int) -> dict:
@@ -175,8 +190,12 @@ def best_level_differs(studies: list[Study], min_facts: int) -> list[dict]:
 
     reproduced: the models' best levels differ and each model's best beats the others' best on its own facts;
     contradicted: they agree and each beats its runner-up; else inconclusive."""
+    name = "the best training level differs between models"
+    stat = "headline(own best train level) - headline(rival level)"
     if len(studies) < 2 or any(len(s.train_levels()) < 2 for s in studies):
-        return []
+        why = ("not run: one model (presets/two-models.args adds a second)" if len(studies) < 2
+               else "not run: needs two training levels per model")
+        return [_row(name, s, stat, None, "inconclusive", why) for s in studies]
 
     def statistic(a, b, test_levels, s):
         return headline_of(a, test_levels, s.n_levels, min_facts) - headline_of(b, test_levels, s.n_levels, min_facts)
@@ -201,8 +220,7 @@ def best_level_differs(studies: list[Study], min_facts: int) -> list[dict]:
             estimate = _paired(s, s.pooled(mine), s.pooled(rival), partial(statistic, s=s))
             result = "reproduced" if verdict(estimate, 0.0) == "reproduced" else "inconclusive"
             note = f"best levels {best}; {s.model}: own best {mine} vs another model's best {rival}"
-        rows.append(_row("the best training level differs between models", s,
-                         "headline(own best train level) - headline(rival level)", estimate, result, note))
+        rows.append(_row(name, s, stat, estimate, result, note))
     return rows
 
 

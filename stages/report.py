@@ -26,7 +26,7 @@ def main(params_file: str, out_path: Path) -> None:
     params = load_params(params_file)
     reference = yaml.safe_load(Path(section(params, "report")["reference"]).read_text())
     text = build_report(params, read_grid(paths.GRID), read_json(paths.METRICS / "verdicts.json"), paths.METRICS,
-                        paths.PLOTS, reference)
+                        paths.PLOTS, reference, paths.BENCHMARK_RESULTS)
     atomic_write_text(out_path, text)
     click.echo(f"report: {out_path} ({len(text.splitlines())} lines)")
 

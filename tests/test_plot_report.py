@@ -70,9 +70,40 @@ def test_report_opens_with_verdicts_and_lists_deviations_grid_and_published_numb
     params = yaml.safe_load(open("params.yaml"))
     params["models"] = {m: {"source": "x"} for m in models}
     reference = yaml.safe_load(open("memqa/resources/published-results.yaml"))
-    text = build_report(params, read_grid(_grid(tmp_path, models)), VERDICTS, tmp_path, tmp_path / "plots", reference)
+    text = build_report(params, read_grid(_grid(tmp_path, models)), VERDICTS, tmp_path, tmp_path / "plots", reference,
+                        tmp_path / "results")
     assert text.index("## Verdicts") < text.index("## What was run")
     assert "| 60 points suffice | a | id | **reproduced** | -1.0 [-3.5, 1.2] | - | 150 | 3 |" in text
     assert "| `probe.method` | likelihood | sample |" in text
     assert "| 2 | 57.5 | 53.7 |" in text  # published llama-3-8b train-2 headlines (id, ood), then ours
     assert text.count("| a | 4 | 240 | 3 |") == 2
+
+
+def test_report_projects_the_test_facts_an_inconclusive_claim_needs_and_quotes_the_estimator_agreement(tmp_path):
+    params = yaml.safe_load(open("params.yaml"))
+    params["models"] = {"a": {"source": "x"}}
+    params["probe"]["method"] = "likelihood"
+    undecided = {**VERDICTS[0], "verdict": "inconclusive", "threshold": -5.0,
+                 "effect": {"value": -3.0, "low": -7.0, "high": 1.0, "facts": 150, "seeds": 3}}
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "probe_crosscheck-a.json").write_text(json.dumps({
+        "selection": {"report": 50, "facts": 100},
+        "summary": {"likelihood": {"spearman_report": 0.84, "kappa_report": 0.62, "gflops_vs_sample": 23.2}},
+        "sampling_noise_ceiling": {"spearman_ceiling_report": 0.89, "kappa_median": 0.9}}))
+    reference = yaml.safe_load(open("memqa/resources/published-results.yaml"))
+    text = build_report(params, read_grid(_grid(tmp_path, ["a"])), [undecided], tmp_path, tmp_path / "plots",
+                        reference, tmp_path / "results")
+    # half-width 4 at distance 2 from the margin: (4 / 2)^2 = 4x the 150 test facts
+    assert "about 4.0x the test facts (~600)" in text
+    assert "Decided here: 0 of 1 claim tests." in text
+    assert "- a: Spearman 0.84, kappa 0.62 on 50 held-out facts (100 scored)" in text
+
+
+def test_facts_to_decide_is_none_when_decided_and_infinite_on_the_threshold():
+    from memqa.verdicts import facts_to_decide
+
+    effect = {"value": 2.0, "low": -1.0, "high": 5.0, "facts": 10, "seeds": 3}
+    assert facts_to_decide({"verdict": "reproduced", "effect": effect, "threshold": 0.0}) is None
+    assert facts_to_decide({"verdict": "inconclusive", "effect": effect, "threshold": 0.0}) == pytest.approx(2.25)
+    assert facts_to_decide({"verdict": "inconclusive", "effect": {**effect, "value": 0.0},
+                            "threshold": 0.0}) == float("inf")

@@ -147,3 +147,9 @@ def test_diagonal_pools_every_size_and_seed_of_a_training_level():
             study.cells[(lv, n)] = _correct(np.array([accuracy(lv, n, t) for t in levels]), 3, len(levels))
     row = next(r for r in diagonal(study, min_facts=5) if "test level 1" in r["claim"])
     assert row["verdict"] != "reproduced" and row["effect"]["value"] == pytest.approx(-2.5, abs=4)
+
+
+def test_best_training_level_claim_with_one_model_says_it_was_not_run():
+    a = _study(200, lambda lv, n, t: 0.8 if lv == 0 else 0.3, model="a")
+    [row] = best_level_differs([a], min_facts=5)
+    assert row["verdict"] == "inconclusive" and row["effect"] is None and "one model" in row["note"]
