@@ -57,6 +57,8 @@ parser.add_argument("--temperature", type=float, default=0.7)
 parser.add_argument("--max-new-tokens", type=int, default=32)
 parser.add_argument("--batch-size", type=int, default=64, help="engine rows per batch (prompts x samples)")
 parser.add_argument("--seed", type=int, default=0)
+parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"],
+                    help="weights (a real model); the GPU protocol's is bf16, the CPU default's fp32")
 parser.add_argument("--threads", type=int, default=0,
                     help="torch CPU threads (0: torch's default); 1 on a busy shared machine, where spinning threads "
                          "that wait for a descheduled one make small ops (the naive loop) ~10x slower")
@@ -188,7 +190,7 @@ if args.random_init_shape:
     tokenizer = FoldedTokenizer(load_tokenizer(args.model_dir), model.config.vocab_size)
     model_name = f"random-{args.random_init_shape}"
 else:
-    model, tokenizer = load_model(args.model_dir)
+    model, tokenizer = load_model(args.model_dir, args.dtype)
     device = model.device
     model_name = Path(args.model_dir).name
 n_params = sum(p.numel() for p in model.parameters())
