@@ -8,7 +8,7 @@ from pathlib import Path
 
 from memqa.accuracy import DOMAINS
 from memqa.config import section
-from memqa.grid import grid_levels
+from memqa.grid import current_cells, grid_levels
 from memqa.verdicts import facts_to_decide
 
 PAPER = {  # the paper's protocol, for listing this run's deviations
@@ -142,12 +142,16 @@ def estimator_agreement(params: dict, results_dir: Path) -> list[str]:
     return out + [""]
 
 
-def stage_precisions(metrics_root: Path, models: list[str], stage: str) -> dict[str, str]:
-    """model -> the precision(s) its SFT or evaluation metrics record (one value when all cells agree)."""
+def stage_precisions(metrics_root: Path, params: dict, stage: str) -> dict[str, str]:
+    """model -> the precision(s) the SFT or evaluation metrics of the current grid's cells record (one value when
+    all cells agree); files of cells the params no longer ask for are not read."""
     found = {}
-    for model in models:
-        values = sorted({json.loads(p.read_text()).get("precision") or "?"
-                         for p in (metrics_root / stage / model).glob("*.json")})
+    for model in section(params, "models"):
+        cells = [c["cell"] for c in current_cells([model], section(params, "split"))
+                 if not (stage == "sft" and c["cell"] == "base")]
+        files = [metrics_root / stage / model / f"{cell}.json" for cell in cells]
+        recorded = [json.loads(p.read_text()).get("precision") for p in files if p.is_file()]
+        values = sorted({v for v in recorded if v})  # a cell skipped for an empty training set records none
         if values:
             found[model] = " / ".join(f"`{v}`" for v in values)
     return found
@@ -180,13 +184,13 @@ def build_report(params: dict, rows: list[dict], verdicts: list[dict], metrics_r
         out += ["", f"Data: EntityQuestions, {meta['facts']} facts kept "
                     f"(per relation and split: {meta['subsample']['per_relation']}, seed {meta['subsample']['seed']})."]
     out += ["", "Precision each stage ran in: probe " + f"`{section(params, 'probe')['dtype']}` weights; "
-            + "; ".join(f"{m}: SFT {p}" for m, p in stage_precisions(metrics_root, models, "sft").items())
+            + "; ".join(f"{m}: SFT {p}" for m, p in stage_precisions(metrics_root, params, "sft").items())
             + "; ".join(["", *(f"{m}: evaluation (cells and the untrained base alike) {p}"
-                             for m, p in stage_precisions(metrics_root, models, "eval").items())]) + "."]
+                             for m, p in stage_precisions(metrics_root, params, "eval").items())]) + "."]
     for model in models:
         path = metrics_root / model / "split.json"
         overlap = json.loads(path.read_text()).get("train_test_overlap") if path.is_file() else None
-        if overlap:
+        if overlap and overlap["facts"]:
             fate = "dropped from every training set" if overlap["dropped"] else "kept (split.drop_test_overlap)"
             out.append(f"\n{model}: {overlap['facts']} train facts repeat a test question word for word "
                        f"({overlap['per_relation']}); {fate}.")

@@ -107,3 +107,17 @@ def test_facts_to_decide_is_none_when_decided_and_infinite_on_the_threshold():
     assert facts_to_decide({"verdict": "inconclusive", "effect": effect, "threshold": 0.0}) == pytest.approx(2.25)
     assert facts_to_decide({"verdict": "inconclusive", "effect": {**effect, "value": 0.0},
                             "threshold": 0.0}) == float("inf")
+
+
+def test_report_precision_reads_only_the_current_grids_cells_not_leftover_files(tmp_path):
+    params = yaml.safe_load(open("params.yaml"))
+    params["models"] = {"a": {"source": "x"}}
+    cell = f"L{params['split']['levels'][0]}-n{params['split']['sizes'][0]}-s{params['split']['seeds'][0]}"
+    (tmp_path / "sft" / "a").mkdir(parents=True)
+    (tmp_path / "sft" / "a" / f"{cell}.json").write_text('{"precision": "float32 weights"}')
+    (tmp_path / "sft" / "a" / "L4-n999-s7.json").write_text('{"precision": "bfloat16 weights"}')  # a dropped cell
+    reference = yaml.safe_load(open("memqa/resources/published-results.yaml"))
+    text = build_report(params, read_grid(_grid(tmp_path, ["a"])), VERDICTS, tmp_path, tmp_path / "plots",
+                        reference, tmp_path / "results")
+    line = next(x for x in text.splitlines() if x.startswith("Precision each stage ran in"))
+    assert "a: SFT `float32 weights`" in line and "bfloat16" not in line
