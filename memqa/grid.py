@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import re
 from functools import partial
 from pathlib import Path
@@ -126,7 +127,9 @@ def grid_rows(all_studies: list[Study], cells: list[dict], min_facts: int, repli
                     row.update({f"L{lv}": est.value, f"L{lv}_low": est.low, f"L{lv}_high": est.high})
                 else:
                     row.update({f"L{lv}": None, f"L{lv}_low": None, f"L{lv}_high": None})
-            rows.append({k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()})
+            # an undefined estimate (no test level with min_facts facts) is an empty cell, never NaN
+            rows.append({k: (None if math.isnan(v) else round(v, 2)) if isinstance(v, float) else v
+                         for k, v in row.items()})
     return rows
 
 

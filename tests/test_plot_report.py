@@ -121,3 +121,20 @@ def test_report_precision_reads_only_the_current_grids_cells_not_leftover_files(
                         reference, tmp_path / "results")
     line = next(x for x in text.splitlines() if x.startswith("Precision each stage ran in"))
     assert "a: SFT `float32 weights`" in line and "bfloat16" not in line
+
+
+def test_plot_survives_a_domain_without_any_headline(tmp_path):
+    """Too few test facts per level (the paper preset on a tiny subsample): every ood headline is empty, and
+    the accuracy-vs-size panel must say so instead of failing on an empty log-scaled axis."""
+    path = _grid(tmp_path, ["a"])
+    rows = list(csv.DictReader(path.open()))
+    for row in rows:
+        if row["domain"] == "ood":
+            for key in ("headline", "headline_low", "headline_high"):
+                row[key] = ""
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    run_plot(["a"], path, _scores(tmp_path, ["a"]), tmp_path / "plots", dpi=40, levels=range(5))
+    assert (tmp_path / "plots" / "png" / "acc_vs_size-a.png").stat().st_size > 1000

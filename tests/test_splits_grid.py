@@ -78,3 +78,12 @@ def test_grid_names_a_missing_cell(tmp_path):
     _write_eval(tmp_path, "m", "base", True)
     with pytest.raises(MemqaError, match="1 evaluated cells .* missing .*L0-n4-s0.json"):
         read_cells(tmp_path, tmp_path / "predictions", current_cells(["m"], CURRENT))
+
+
+def test_grid_leaves_the_headline_empty_not_nan_when_no_level_has_enough_facts(tmp_path):
+    for cell in ("base", "L0-n4-s0"):
+        _write_eval(tmp_path, "m", cell, True)
+    cells = read_cells(tmp_path, tmp_path / "predictions", current_cells(["m"], CURRENT))
+    rows = grid_rows([studies(cells, {}, 1)[0]], cells, min_facts=2, replicates=50)  # one test fact: too few
+    assert all(r[key] is None for r in rows for key in ("headline", "headline_low", "headline_high"))
+    assert rows[0]["L0"] == 100.0  # the level's own accuracy is still there
