@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import random
 import time
 from pathlib import Path
 
@@ -30,9 +29,10 @@ import torch
 from memqa.config import load_params
 from memqa.evaluation import predict
 from memqa.io import read_jsonl
-from memqa.memory import add_levels, probe_group
+from memqa.memory import add_levels, n_levels, probe_group
 from memqa.models import load_model
 from memqa.probing import score_facts
+from memqa.splits import balanced_sample
 
 
 def parse_args() -> argparse.Namespace:
@@ -45,21 +45,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="default: benchmarks/results/numerics-<model>.json")
     return parser.parse_args()
-
-
-def round_robin(facts: list[dict], n: int, seed: int) -> list[dict]:
-    """n facts, equally many per relation (seeded)."""
-    by_relation: dict[str, list[dict]] = {}
-    for fact in facts:
-        by_relation.setdefault(fact["relation"], []).append(fact)
-    rng = random.Random(seed)
-    for rows in by_relation.values():
-        rng.shuffle(rows)
-    chosen, k = [], 0
-    while len(chosen) < n and any(k < len(rows) for rows in by_relation.values()):
-        chosen += [rows[k] for _, rows in sorted(by_relation.items()) if k < len(rows)]
-        k += 1
-    return chosen[:n]
 
 
 def probe_rows(model, tokenizer, facts, conf, batch):
@@ -93,8 +78,8 @@ def main() -> None:
     probe = {**params["probe"], "method": args.method}
     evaluate = params["evaluate"]
     facts = read_jsonl("data/facts.jsonl")
-    train = round_robin([f for f in facts if probe_group(f) == "train"], args.facts, args.seed)
-    test = round_robin([f for f in facts if f["split"] == "test"], args.facts, args.seed)
+    train = balanced_sample([f for f in facts if probe_group(f) == "train"], args.facts, args.seed)
+    test = balanced_sample([f for f in facts if f["split"] == "test"], args.facts, args.seed)
     probe_batch = args.batch or int(probe["batch_size"])
     result = {"model": args.model, "method": args.method, "facts": args.facts, "probe_batch": probe_batch,
               "eval_batch": int(evaluate["batch_size"]), "threads": torch.get_num_threads(),
@@ -110,7 +95,7 @@ def main() -> None:
         result["dtypes"][dtype] = {
             "probe_batch_vs_alone": compare_probe(batched, alone),
             "probe_wall_s": {"batched": round(t_batched, 1), "alone": round(t_alone, 1)},
-            "levels_batched": [sum(r["level"] == lv for r in batched) for lv in range(5)],
+            "levels_batched": [sum(r["level"] == lv for r in batched) for lv in range(n_levels(probe["level_bounds"]))],
             "eval_batch_vs_alone": compare_answers(answers, answers_alone),
             "eval_wall_s": {"batched": round(e_batched, 1), "alone": round(e_alone, 1)},
         }

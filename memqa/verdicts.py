@@ -7,6 +7,7 @@ are paired over facts and aggregate every size and seed explicitly.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -54,7 +55,7 @@ def facts_to_decide(row: dict) -> float | None:
         return None
     half_width = (effect["high"] - effect["low"]) / 2
     distance = abs(effect["value"] - row.get("threshold", 0.0))
-    if half_width != half_width or distance < 1e-9:  # NaN interval, or an effect on the threshold
+    if math.isnan(half_width) or distance < 1e-9:  # no interval, or an effect on the threshold
         return float("inf")
     return (half_width / distance) ** 2
 

@@ -28,7 +28,7 @@ from memqa.training import fine_tune
 def main(model_name: str, level: int, size: str, seed: int, params_file: str) -> None:
     """Fine-tune on data/splits/<model>/train-L<level>-n<size>-s<seed>.jsonl in the paper's QA format.
 
-    sft.method: lora (LoRA on every linear layer of the bf16 base, default), qlora, or full. Output: the adapter
+    sft.method: lora (LoRA on every linear layer of the frozen base, default), qlora, or full. Output: the adapter
     (or full weights) in data/sft/<model>/<cell>/ (full with sft.keep_weights false: train_info.json there, the
     weights in data/scratch/sft/<model>/<cell>/ until evaluate has used them), loss per step in
     metrics/sft/<model>/<cell>.csv (a DVC plot) and in DVCLive's metrics/sft/<model>/<cell>-live/,
