@@ -9,6 +9,7 @@ from pathlib import Path
 from memqa.accuracy import DOMAINS
 from memqa.config import section
 from memqa.grid import current_cells, grid_levels
+from memqa.memory import resolution
 from memqa.verdicts import facts_to_decide
 
 PAPER = {  # the paper's protocol, for listing this run's deviations
@@ -132,7 +133,12 @@ def estimator_agreement(params: dict, results_dir: Path) -> list[str]:
             out.append(f"- {model}: not measured (run benchmarks/probe_crosscheck.py --model {model}).")
             continue
         ceiling = result.get("sampling_noise_ceiling", {})
-        out.append(f"- {model}: Spearman {row['spearman_report']}, kappa {row['kappa_report']} on "
+        # The pipeline calls level 0 below the protocol's resolution; the crosscheck's headline kappa uses a
+        # level-0 threshold (and calibration) fitted on its FIT half, which these levels did not get.
+        out.append(f"- {model}: Spearman {row['spearman_report']}; Cohen's kappa of the levels as made here "
+                   f"(level 0 below 1/{round(1 / resolution(probe['templates'], probe['samples']))}) "
+                   f"{row.get('kappa_report_raw', '?')}, with a level-0 threshold and calibration "
+                   f"({row.get('calibration', '?')}) fitted on the FIT half {row['kappa_report']}; on "
                    f"{result['selection']['report']} held-out facts ({result['selection']['facts']} scored), at "
                    f"{row['gflops_vs_sample']}x less compute than sampling; sampling against itself: Spearman "
                    f"{ceiling.get('spearman_ceiling_report', '?')}, kappa {ceiling.get('kappa_median', '?')}.")

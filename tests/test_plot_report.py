@@ -88,7 +88,8 @@ def test_report_projects_the_test_facts_an_inconclusive_claim_needs_and_quotes_t
     (tmp_path / "results").mkdir()
     (tmp_path / "results" / "probe_crosscheck-a.json").write_text(json.dumps({
         "selection": {"report": 50, "facts": 100},
-        "summary": {"likelihood": {"spearman_report": 0.84, "kappa_report": 0.62, "gflops_vs_sample": 23.2}},
+        "summary": {"likelihood": {"spearman_report": 0.84, "kappa_report": 0.62, "kappa_report_raw": 0.39,
+                                   "calibration": "threshold", "gflops_vs_sample": 23.2}},
         "sampling_noise_ceiling": {"spearman_ceiling_report": 0.89, "kappa_median": 0.9}}))
     reference = yaml.safe_load(open("memqa/resources/published-results.yaml"))
     text = build_report(params, read_grid(_grid(tmp_path, ["a"])), [undecided], tmp_path, tmp_path / "plots",
@@ -96,7 +97,10 @@ def test_report_projects_the_test_facts_an_inconclusive_claim_needs_and_quotes_t
     # half-width 4 at distance 2 from the margin: (4 / 2)^2 = 4x the 150 test facts
     assert "about 4.0x the test facts (~600)" in text
     assert "Decided here: 0 of 1 claim tests." in text
-    assert "- a: Spearman 0.84, kappa 0.62 on 50 held-out facts (100 scored)" in text
+    # the levels the pipeline made (level 0 below the resolution) apart from those a fitted threshold would make
+    assert ("- a: Spearman 0.84; Cohen's kappa of the levels as made here (level 0 below 1/210) 0.39, with a "
+            "level-0 threshold and calibration (threshold) fitted on the FIT half 0.62; on 50 held-out facts "
+            "(100 scored)") in text
 
 
 def test_facts_to_decide_is_none_when_decided_and_infinite_on_the_threshold():
