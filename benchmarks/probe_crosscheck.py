@@ -74,7 +74,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--pool", type=int, default=250, help="candidate facts scored by likelihood to stratify")
     parser.add_argument("--chunk", type=int, default=5, help="facts per cached chunk")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--dtype", default=None, help="default: probe.dtype of params.yaml")
+    parser.add_argument("--dtype", default=None,
+                        help="default: the first run's (data/cache/crosscheck/<model>/setup-*-params.json), else "
+                        "probe.dtype of params.yaml; naming one starts a separate run, even when it equals that")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--stop-after", type=int, default=0, help="stop once the first N facts are done (timing)")
     parser.add_argument("--analyze-only", action="store_true", help="analyse the cached chunks, score nothing")
