@@ -27,7 +27,7 @@ repro: setup
 	dvc repro
 
 # `make test` (CI, every push) leaves out the tests marked slow (pyproject.toml); `make test-slow` runs only them
-# (tests/test_paper_preset.py: the paper preset end to end through DVC on a tiny model, ~40 min on 2 CPU cores).
+# (tests/test_paper_preset.py: the paper preset end to end through DVC on a tiny model, 37 min on one core, measured).
 test: setup
 	$(PY) -m pytest -q -m "not slow"
 
