@@ -150,3 +150,12 @@ def test_overrides_follow_the_hydra_grammar_dvc_uses():
     apply_override(params, "~models")
     apply_override(params, "+models={c: {source: u}}")
     assert params["models"] == {"c": {"source": "u"}}
+
+
+@pytest.mark.parametrize("preset", sorted((REPO / "presets").glob("*.args")), ids=lambda p: p.name)
+def test_every_preset_applies_to_params_yaml_and_passes_the_schema(preset):
+    params, overrides = load_plan_params(REPO / "params.yaml", preset)
+    assert overrides and all(isinstance(o, str) for o in overrides)
+    if preset.name == "faithful-levels.args":
+        assert (params["probe"]["method"], params["probe"]["rb_samples"], params["probe"]["rb_max_new_tokens"]) == \
+            ("rao_blackwell", 1, 16)
