@@ -251,6 +251,17 @@ def kappa(a, b, weights=None) -> float | None:
     return None if value != value else round(float(value), 4)
 
 
+def bootstrap_interval(statistic, n: int, seed: int, draws: int = 1000) -> list[float] | None:
+    """95% percentile interval of statistic(indices) over REPORT facts resampled with replacement (draws where
+    the statistic is undefined, e.g. one level only, are left out)."""
+    rng = np.random.default_rng(seed)
+    values = [statistic(rng.integers(0, n, n)) for _ in range(draws)]
+    values = [v for v in values if v is not None and v == v]
+    if len(values) < draws // 2:
+        return None
+    return [round(float(np.percentile(values, 2.5)), 3), round(float(np.percentile(values, 97.5)), 3)]
+
+
 def cv_kappa(kind: str, scores: np.ndarray, target: np.ndarray, truth: np.ndarray, conf: dict, seed: int) -> float:
     """5-fold cross-validated kappa within the FIT half (out-of-fold levels, one kappa over all of them)."""
     folds = np.random.default_rng(seed).permutation(len(scores)) % 5
@@ -286,10 +297,15 @@ def analyse(done: list[dict], facts: dict, rows: dict, cost: dict, conf: dict, s
                                for key in sample_cost},
             "calibrations": {},
         }
+        r_score, r_sample, r_truth = score[report], sample_r[report], truth[report]
+        result["spearman_report_ci"] = bootstrap_interval(
+            lambda i, x=r_score, y=r_sample: float(spearmanr(x[i], y[i]).statistic), len(r_score), seed)
         for kind in ("raw", *CALIBRATIONS):  # raw: the pipeline's levels (threshold 1/210, no calibration)
             levels, threshold, calibrate = fit_levels(kind, score[fit], sample_r[fit], conf)
             predicted = levels(score[report])
             result["calibrations"][kind] = {
+                "kappa_report_ci": bootstrap_interval(
+                    lambda i, t=r_truth, p=predicted: kappa(list(t[i]), list(p[i])), len(r_truth), seed),
                 "level0_threshold": threshold,
                 "cv_kappa_fit": round(cv_kappa(kind, score[fit], sample_r[fit], truth[fit], conf, seed), 4),
                 "kappa_report": kappa(list(truth[report]), list(predicted)),
@@ -314,6 +330,7 @@ def analyse(done: list[dict], facts: dict, rows: dict, cost: dict, conf: dict, s
             "calibration": chosen,
             "level0_threshold": threshold,
             "kappa_report": result["calibrations"][chosen]["kappa_report"],
+            "kappa_report_ci": result["calibrations"][chosen]["kappa_report_ci"],
             "weighted_kappa_report": kappa(list(truth[report]), list(predicted), weights="quadratic"),
             "level_agreement_report": result["calibrations"][chosen]["level_agreement_report"],
             "confusion_report": {"rows": "sampling level 0..4", "columns": "estimator level 0..4",
@@ -428,7 +445,9 @@ def main() -> None:
                       "fit": sum(x["half"] == "fit" for x in done),
                       "report": sum(x["half"] == "report" for x in done), "seed": args.seed, "chunk": args.chunk},
         "summary": {name: {"spearman_report": a["spearman_report"], "kappa_report": a["kappa_report"],
+                           "spearman_report_ci": a["spearman_report_ci"], "kappa_report_ci": a["kappa_report_ci"],
                            "kappa_report_raw": a["calibrations"]["raw"]["kappa_report"],
+                           "kappa_report_raw_ci": a["calibrations"]["raw"]["kappa_report_ci"],
                            "level0_threshold": a["level0_threshold"], "calibration": a["calibration"],
                            "weighted_kappa_report": a["weighted_kappa_report"],
                            "level_agreement_report": a["level_agreement_report"],

@@ -122,7 +122,8 @@ def estimator_agreement(params: dict, results_dir: Path) -> list[str]:
     out = [f"Levels made by `probe.method: {method}`"
            + (" (the paper's protocol)." if method == "sample" else
               "; its agreement with the paper's sampling protocol (benchmarks/probe_crosscheck.py, held-out "
-              "REPORT half of facts stratified over the estimator's range; Spearman of R, Cohen's kappa of levels):")]
+              "REPORT half of facts stratified over the estimator's range; Spearman of R, Cohen's kappa of levels, "
+              "[95% bootstrap intervals over those facts]):")]
     if method == "sample":
         return out + [""]
     for model in section(params, "models"):
@@ -135,10 +136,14 @@ def estimator_agreement(params: dict, results_dir: Path) -> list[str]:
         ceiling = result.get("sampling_noise_ceiling", {})
         # The pipeline calls level 0 below the protocol's resolution; the crosscheck's headline kappa uses a
         # level-0 threshold (and calibration) fitted on its FIT half, which these levels did not get.
-        out.append(f"- {model}: Spearman {row['spearman_report']}; Cohen's kappa of the levels as made here "
-                   f"(level 0 below 1/{round(1 / resolution(probe['templates'], probe['samples']))}) "
-                   f"{row.get('kappa_report_raw', '?')}, with a level-0 threshold and calibration "
-                   f"({row.get('calibration', '?')}) fitted on the FIT half {row['kappa_report']}; on "
+        def with_interval(key: str, row: dict = row) -> str:
+            interval = row.get(f"{key}_ci")
+            return f"{row.get(key, '?')}" + (f" [{interval[0]}, {interval[1]}]" if interval else "")
+
+        out.append(f"- {model}: Spearman {with_interval('spearman_report')}; Cohen's kappa of the levels as made "
+                   f"here (level 0 below 1/{round(1 / resolution(probe['templates'], probe['samples']))}) "
+                   f"{with_interval('kappa_report_raw')}, with a level-0 threshold and calibration "
+                   f"({row.get('calibration', '?')}) fitted on the FIT half {with_interval('kappa_report')}; on "
                    f"{result['selection']['report']} held-out facts ({result['selection']['facts']} scored), at "
                    f"{row['gflops_vs_sample']}x less compute than sampling; sampling against itself: Spearman "
                    f"{ceiling.get('spearman_ceiling_report', '?')}, kappa {ceiling.get('kappa_median', '?')}.")

@@ -89,6 +89,7 @@ def test_report_projects_the_test_facts_an_inconclusive_claim_needs_and_quotes_t
     (tmp_path / "results" / "probe_crosscheck-a.json").write_text(json.dumps({
         "selection": {"report": 50, "facts": 100},
         "summary": {"likelihood": {"spearman_report": 0.84, "kappa_report": 0.62, "kappa_report_raw": 0.39,
+                                   "kappa_report_raw_ci": [0.2, 0.6],
                                    "calibration": "threshold", "gflops_vs_sample": 23.2}},
         "sampling_noise_ceiling": {"spearman_ceiling_report": 0.89, "kappa_median": 0.9}}))
     reference = yaml.safe_load(open("memqa/resources/published-results.yaml"))
@@ -98,8 +99,8 @@ def test_report_projects_the_test_facts_an_inconclusive_claim_needs_and_quotes_t
     assert "about 4.0x the test facts (~600)" in text
     assert "Decided here: 0 of 1 claim tests." in text
     # the levels the pipeline made (level 0 below the resolution) apart from those a fitted threshold would make
-    assert ("- a: Spearman 0.84; Cohen's kappa of the levels as made here (level 0 below 1/210) 0.39, with a "
-            "level-0 threshold and calibration (threshold) fitted on the FIT half 0.62; on 50 held-out facts "
+    assert ("- a: Spearman 0.84; Cohen's kappa of the levels as made here (level 0 below 1/210) 0.39 [0.2, 0.6], "
+            "with a level-0 threshold and calibration (threshold) fitted on the FIT half 0.62; on 50 held-out facts "
             "(100 scored)") in text
 
 
