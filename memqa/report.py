@@ -109,6 +109,12 @@ def decidability(verdicts: list[dict], params: dict, splits: dict[str, dict]) ->
     return out
 
 
+def _with_interval(row: dict, key: str) -> str:
+    """row[key], followed by its 95% interval row[key_ci] when the crosscheck recorded one."""
+    interval = row.get(f"{key}_ci")
+    return f"{row.get(key, '?')}" + (f" [{interval[0]}, {interval[1]}]" if interval else "")
+
+
 def estimator_agreement(params: dict, results_dir: Path) -> list[str]:
     """Which estimator made the levels, and its agreement with the paper's sampling protocol as measured by
     benchmarks/probe_crosscheck.py on held-out facts of each model (when that result is present)."""
@@ -136,14 +142,10 @@ def estimator_agreement(params: dict, results_dir: Path) -> list[str]:
         ceiling = result.get("sampling_noise_ceiling", {})
         # The pipeline calls level 0 below the protocol's resolution; the crosscheck's headline kappa uses a
         # level-0 threshold (and calibration) fitted on its FIT half, which these levels did not get.
-        def with_interval(key: str, row: dict = row) -> str:
-            interval = row.get(f"{key}_ci")
-            return f"{row.get(key, '?')}" + (f" [{interval[0]}, {interval[1]}]" if interval else "")
-
-        out.append(f"- {model}: Spearman {with_interval('spearman_report')}; Cohen's kappa of the levels as made "
-                   f"here (level 0 below 1/{round(1 / resolution(probe['templates'], probe['samples']))}) "
-                   f"{with_interval('kappa_report_raw')}, with a level-0 threshold and calibration "
-                   f"({row.get('calibration', '?')}) fitted on the FIT half {with_interval('kappa_report')}; on "
+        out.append(f"- {model}: Spearman {_with_interval(row, 'spearman_report')}; Cohen's kappa of the levels as "
+                   f"made here (level 0 below 1/{round(1 / resolution(probe['templates'], probe['samples']))}) "
+                   f"{_with_interval(row, 'kappa_report_raw')}, with a level-0 threshold and calibration "
+                   f"({row.get('calibration', '?')}) fitted on the FIT half {_with_interval(row, 'kappa_report')}; on "
                    f"{result['selection']['report']} held-out facts ({result['selection']['facts']} scored), at "
                    f"{row['gflops_vs_sample']}x less compute than sampling; sampling against itself: Spearman "
                    f"{ceiling.get('spearman_ceiling_report', '?')}, kappa {ceiling.get('kappa_median', '?')}.")

@@ -4,9 +4,8 @@ fine-tuning, lr 1e-5, 1 epoch, batch 8), run by `dvc repro` on CPU, on a tiny mo
 (download.per_relation train 4, dev 0, test 2: 40 train, 20 in-domain and 28 out-of-domain test facts).
 
 Slow: 5 + 105 x 2 + 4 DVC stage instances, each a python process. Measured on the shared 2-core CPU (other jobs
-running): 56 min 26 s beside three other jobs, 38 min 45 s partly beside CI (each up to a failing last
-stage, since fixed). `make test-slow` runs it; `make test`
-(CI) does not.
+running): passed in 37 min 18 s on one thread beside two single-thread benchmarks. `make test-slow` runs it;
+`make test` (CI) does not.
 """
 from __future__ import annotations
 
