@@ -46,6 +46,7 @@ from memqa.io import read_jsonl
 from memqa.memory import memory_level, probe_group, resolution
 from memqa.models import load_model
 from memqa.probing import score_facts
+from memqa.stats import CONFIDENCE
 
 PAPER = {"templates": 21, "samples": 10, "temperature": 0.7, "max_new_tokens": 32, "matcher": "contains"}
 RUNS = {  # cached run -> (probe.method, probe params it changes)
@@ -251,15 +252,27 @@ def kappa(a, b, weights=None) -> float | None:
     return None if value != value else round(float(value), 4)
 
 
-def bootstrap_interval(statistic, n: int, seed: int, draws: int = 1000) -> list[float] | None:
-    """95% percentile interval of statistic(indices) over REPORT facts resampled with replacement (draws where
-    the statistic is undefined, e.g. one level only, are left out)."""
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(a, b).statistic)
+
+
+def bootstrap_interval(statistic, *paired: np.ndarray, seed: int, draws: int = 1000) -> list[float] | None:
+    """Percentile interval (memqa.stats.CONFIDENCE) of statistic(*paired) over the facts resampled with
+    replacement, the same facts for every array (draws where the statistic is undefined, e.g. one level only,
+    are left out)."""
     rng = np.random.default_rng(seed)
-    values = [statistic(rng.integers(0, n, n)) for _ in range(draws)]
+    n = len(paired[0])
+    values = []
+    for _ in range(draws):
+        picked = rng.integers(0, n, n)
+        values.append(statistic(*(array[picked] for array in paired)))
     values = [v for v in values if v is not None and v == v]
     if len(values) < draws // 2:
         return None
-    return [round(float(np.percentile(values, 2.5)), 3), round(float(np.percentile(values, 97.5)), 3)]
+    tail = (1 - CONFIDENCE) / 2
+    return [round(float(q), 3) for q in np.quantile(values, [tail, 1 - tail])]
 
 
 def cv_kappa(kind: str, scores: np.ndarray, target: np.ndarray, truth: np.ndarray, conf: dict, seed: int) -> float:
@@ -275,8 +288,6 @@ def cv_kappa(kind: str, scores: np.ndarray, target: np.ndarray, truth: np.ndarra
 
 
 def analyse(done: list[dict], facts: dict, rows: dict, cost: dict, conf: dict, seed: int) -> dict:
-    from scipy.stats import spearmanr
-
     floor = resolution(conf["templates"], conf["samples"])
     ids = [x["fact_id"] for x in done]
     half = np.array([x["half"] for x in done])
@@ -284,54 +295,54 @@ def analyse(done: list[dict], facts: dict, rows: dict, cost: dict, conf: dict, s
     sample_r = np.array([rows["sample"][i]["score"] for i in ids])
     truth = np.array([memory_level(r, conf["level_bounds"], floor) for r in sample_r])
     relations = np.array([facts[i]["relation"] for i in ids])
+    report_sample, report_truth = sample_r[report], truth[report]
     sample_cost = cost["sample"]
     out = {}
     for name, runs in ESTIMATORS.items():
         score = np.mean([[rows[run][i]["score"] for i in ids] for run in runs], axis=0)
         spent = {key: round(sum(cost[run][key] for run in runs), 3) for key in sample_cost}
+        report_score = score[report]
         result = {
-            "spearman_report": round(float(spearmanr(score[report], sample_r[report]).statistic), 4),
-            "spearman_all": round(float(spearmanr(score, sample_r).statistic), 4),
+            "spearman_report": round(spearman(report_score, report_sample), 4),
+            "spearman_all": round(spearman(score, sample_r), 4),
             "cost": spent,
             "cost_vs_sample": {key: round(sample_cost[key] / spent[key], 2) if spent[key] else None
                                for key in sample_cost},
             "calibrations": {},
         }
-        r_score, r_sample, r_truth = score[report], sample_r[report], truth[report]
-        result["spearman_report_ci"] = bootstrap_interval(
-            lambda i, x=r_score, y=r_sample: float(spearmanr(x[i], y[i]).statistic), len(r_score), seed)
+        result["spearman_report_ci"] = bootstrap_interval(spearman, report_score, report_sample, seed=seed)
+        fitted = {}  # calibration kind -> (REPORT levels, level-0 threshold, calibration)
         for kind in ("raw", *CALIBRATIONS):  # raw: the pipeline's levels (threshold 1/210, no calibration)
             levels, threshold, calibrate = fit_levels(kind, score[fit], sample_r[fit], conf)
-            predicted = levels(score[report])
+            predicted = levels(report_score)
+            fitted[kind] = predicted, threshold, calibrate
             result["calibrations"][kind] = {
-                "kappa_report_ci": bootstrap_interval(
-                    lambda i, t=r_truth, p=predicted: kappa(list(t[i]), list(p[i])), len(r_truth), seed),
+                "kappa_report_ci": bootstrap_interval(kappa, report_truth, predicted, seed=seed),
                 "level0_threshold": threshold,
                 "cv_kappa_fit": round(cv_kappa(kind, score[fit], sample_r[fit], truth[fit], conf, seed), 4),
-                "kappa_report": kappa(list(truth[report]), list(predicted)),
-                "level_agreement_report": round(float(np.mean(predicted == truth[report])), 4),
+                "kappa_report": kappa(report_truth, predicted),
+                "level_agreement_report": round(float(np.mean(predicted == report_truth)), 4),
             }
         chosen = max(CALIBRATIONS, key=lambda k: result["calibrations"][k]["cv_kappa_fit"])
-        levels, threshold, calibrate = fit_levels(chosen, score[fit], sample_r[fit], conf)
-        predicted = levels(score[report])
+        predicted, threshold, calibrate = fitted[chosen]
         confusion = np.zeros((5, 5), dtype=int)
-        for t, p in zip(truth[report], predicted, strict=True):
+        for t, p in zip(report_truth, predicted, strict=True):
             confusion[t, p] += 1
         per_relation = {}
         for relation in sorted(set(relations[report])):
             mask = relations[report] == relation
             per_relation[relation] = {
                 "facts": int(mask.sum()),
-                "level_agreement": round(float(np.mean(predicted[mask] == truth[report][mask])), 4),
-                "mean_abs_error": round(float(np.mean(np.abs(calibrate(score[report][mask])
-                                                             - sample_r[report][mask]))), 4),
+                "level_agreement": round(float(np.mean(predicted[mask] == report_truth[mask])), 4),
+                "mean_abs_error": round(float(np.mean(np.abs(calibrate(report_score[mask]) - report_sample[mask]))),
+                                        4),
             }
         result.update({
             "calibration": chosen,
             "level0_threshold": threshold,
             "kappa_report": result["calibrations"][chosen]["kappa_report"],
             "kappa_report_ci": result["calibrations"][chosen]["kappa_report_ci"],
-            "weighted_kappa_report": kappa(list(truth[report]), list(predicted), weights="quadratic"),
+            "weighted_kappa_report": kappa(report_truth, predicted, weights="quadratic"),
             "level_agreement_report": result["calibrations"][chosen]["level_agreement_report"],
             "confusion_report": {"rows": "sampling level 0..4", "columns": "estimator level 0..4",
                                  "counts": confusion.tolist()},

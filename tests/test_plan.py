@@ -156,6 +156,9 @@ def test_overrides_follow_the_hydra_grammar_dvc_uses():
 def test_every_preset_applies_to_params_yaml_and_passes_the_schema(preset):
     params, overrides = load_plan_params(REPO / "params.yaml", preset)
     assert overrides and all(isinstance(o, str) for o in overrides)
-    if preset.name == "faithful-levels.args":
-        assert (params["probe"]["method"], params["probe"]["rb_samples"], params["probe"]["rb_max_new_tokens"]) == \
-            ("rao_blackwell", 1, 16)
+
+
+def test_faithful_levels_preset_selects_rao_blackwell_with_one_sample_of_16_tokens():
+    params, _ = load_plan_params(REPO / "params.yaml", REPO / "presets" / "faithful-levels.args")
+    assert (params["probe"]["method"], params["probe"]["rb_samples"], params["probe"]["rb_max_new_tokens"]) == \
+        ("rao_blackwell", 1, 16)
