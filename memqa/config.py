@@ -23,6 +23,9 @@ DTYPE = Literal["bfloat16", "float32", "float16"]
 MATCHER = Literal["contains", "token_sequence"]
 _UNION_TAG = re.compile(r"constrained-\w+|literal\[.*\]|function-\w+\[.*\]|int|float|str|bool|none")
 _FLOAT_TEXT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+# A model name becomes a folder (data/models/<name>) and a word of a DVC command: letters, digits, '.', '_', '-'
+# only, not starting with '.' or '-' (so no '..', no hidden folder, no option), at most 100 characters.
+SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,99}")
 
 
 def _yaml_float(value: Any) -> Any:
@@ -30,7 +33,8 @@ def _yaml_float(value: Any) -> Any:
     return float(value) if isinstance(value, str) and _FLOAT_TEXT.match(value.strip()) else value
 
 
-Float = Annotated[float, BeforeValidator(_yaml_float)]
+# inf and nan are not numbers a knob can take (`temperature: .inf` once passed)
+Float = Annotated[float, BeforeValidator(_yaml_float), Field(allow_inf_nan=False)]
 Count = Annotated[int, Field(ge=1)]
 
 
@@ -143,6 +147,13 @@ class Params(Section):
     plot: Plot = Plot()
     report: Report
 
+    @field_validator("models")
+    @classmethod
+    def _safe_model_names(cls, models: dict[str, ModelSpec]) -> dict[str, ModelSpec]:
+        for name in models:
+            check_name(name, "a model name")
+        return models
+
     @model_validator(mode="after")
     def _levels_exist(self) -> Params:
         n_levels = len(self.probe.level_bounds) + 2
@@ -150,6 +161,14 @@ class Params(Section):
             if level >= n_levels:
                 raise ValueError(f"split.levels holds {level}, but probe.level_bounds gives levels 0..{n_levels - 1}")
         return self
+
+
+def check_name(name: str, what: str) -> str:
+    """name, if it is safe as a folder name and a shell word; else a ValueError saying what is allowed."""
+    if not isinstance(name, str) or not SAFE_NAME.fullmatch(name) or ".." in name:
+        raise ValueError(f"{what} may hold only letters, digits, '.', '_' and '-' (no '..', not starting with "
+                         f"'.' or '-', at most 100 characters): rename {name!r}")
+    return name
 
 
 @cache
@@ -182,6 +201,8 @@ def _one_line(error: dict, path: Path) -> str:
     if error["type"] == "missing":
         return f"{path} lacks '{where}': add it (see the README's params table)"
     message = error["msg"].removeprefix("Value error, ")
+    if isinstance(error.get("input"), dict):  # a whole section: the message names the part at fault
+        return f"{path}: '{where}' is invalid: {message}"
     if error["loc"]:
         return f"{path}: '{where}' = {error.get('input')!r} is invalid ({message}): fix it"
     return f"{path}: {message}: fix it"
@@ -192,7 +213,9 @@ def validate(params: dict[str, Any], path: str | Path = PARAMS_FILE) -> dict[str
     try:
         return Params.model_validate(params).model_dump()
     except ValidationError as err:
-        raise MemqaError(_one_line(err.errors()[0], Path(path))) from None
+        # an unknown key first: a misspelt required key is also reported missing, and the typo is the cause
+        errors = sorted(err.errors(), key=lambda e: e["type"] != "extra_forbidden")
+        raise MemqaError(_one_line(errors[0], Path(path))) from None
 
 
 def load_params(path: str | Path = PARAMS_FILE) -> dict[str, Any]:

@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from memqa.errors import MemqaError
+
 LAUNCH_ENV = "MEMQA_ACCELERATE"  # e.g. "--config_file configs/accelerate/fsdp.yaml --num_processes 8"
 # How long a collective (a barrier, a gather) waits for the slowest process. The probe's barrier waits for the
 # other processes' shards, which can take longer than torch's default (NCCL: 10 minutes) when shards are
@@ -46,7 +48,12 @@ def relaunch_command(argv: list[str], environ: dict[str, str] | None = None) -> 
     options = environ.get(LAUNCH_ENV, "").strip()
     if not options or "LOCAL_RANK" in environ:
         return None
-    return [sys.executable, "-m", "accelerate.commands.launch", *shlex.split(options), *argv]
+    try:
+        words = shlex.split(options)
+    except ValueError as err:  # an unclosed quote
+        raise MemqaError(f"${LAUNCH_ENV} cannot be split into options ({err}): fix its quotes, e.g. "
+                         f'{LAUNCH_ENV}="--config_file configs/accelerate/ddp.yaml --num_processes 2"') from None
+    return [sys.executable, "-m", "accelerate.commands.launch", *words, *argv]
 
 
 def relaunch(argv: list[str]) -> int | None:

@@ -19,6 +19,7 @@ import yaml
 from memqa import paths
 from memqa.config import PARAMS_FILE, validate
 from memqa.errors import MemqaError
+from memqa.io import read_yaml
 
 THROUGHPUT_FILE = paths.RESOURCES / "throughput.yaml"
 DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
@@ -30,7 +31,13 @@ SINGLE_STAGES = ("download", "summarize", "plot", "report")
 
 def preset_overrides(path: str | Path) -> list[str]:
     """The key=value items of a preset file holding `dvc exp run` arguments (`-S key=value ...`)."""
-    words = shlex.split(Path(path).read_text(), comments=True)
+    path = Path(path)
+    if not path.is_file():
+        raise MemqaError(f"preset {path} not found: name a file in presets/")
+    try:
+        words = shlex.split(path.read_text(), comments=True)
+    except ValueError as err:  # an unclosed quote
+        raise MemqaError(f"{path}: {err} (an unclosed quote?): fix the preset") from None
     items = []
     for flag, value in zip(words[::2], words[1::2], strict=False):
         if flag not in ("-S", "--set-param"):
@@ -78,7 +85,11 @@ def apply_override(params: dict[str, Any], item: str) -> None:
     if op == "delete":
         node.pop(leaf, None)
         return
-    value = yaml.safe_load(text)
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise MemqaError(f"override '{item}': its value is not YAML ({' '.join(str(err).split())[:120]}): "
+                         "quote it, or close its brackets") from None
     if op == "add" and leaf in node:
         raise MemqaError(f"override '{item}': '{key}' exists already; override it without '+' (or with '++')")
     if op == "set" and leaf not in node:
@@ -92,7 +103,7 @@ def load_plan_params(params_file: str | Path = PARAMS_FILE, preset: str | Path |
     path = Path(params_file)
     if not path.is_file():
         raise MemqaError(f"{path} not found: run from the repository root or pass --params")
-    params = yaml.safe_load(path.read_text()) or {}
+    params = read_yaml(path, "fix its syntax") or {}
     overrides = [*(preset_overrides(preset) if preset else []), *sets]
     for item in overrides:
         apply_override(params, item)
@@ -385,7 +396,7 @@ def render(result: dict[str, Any], params: dict[str, Any], table: dict[str, Any]
                          + (f"; one at a time in data/scratch: {_bytes(d['scratch_peak'])}" if d["scratch_peak"]
                             else "") + ")"
                          + (f", Hugging Face download cache {_bytes(d['hub_cache'])}" if d["hub_cache"] else "")
-                         + f"; cache.type copy adds {_bytes(d['dvc_cache_copy'])}")
+                         + f"; the DVC cache's copies add {_bytes(d['dvc_cache_copy'])} (none with reflinks)")
             if cost["devices_for_training"] > 1:
                 per_param = table["workload"]["training_state_bytes_per_param"]
                 state = (f"full fine-tuning state ({per_param} bytes/parameter, "

@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from memqa import engine
 from memqa.errors import MemqaError
-from memqa.io import write_jsonl
+from memqa.io import read_jsonl, write_jsonl
 from memqa.matching import contains, get_matcher
 from memqa.memory import GROUPS, add_levels, level_counts, probe_group
 from memqa.prompts import fill, templates_for
@@ -382,7 +382,7 @@ def probe_sharded(model, tokenizer, facts: list[dict], conf: dict, shard_dir: Pa
     method = method or conf["method"]
     shard_dir.mkdir(parents=True, exist_ok=True)
     plan = shard_plan(facts, int(conf["chunk_size"]))
-    reused = {name for name, _ in plan if (shard_dir / f"{name}.jsonl").is_file()}
+    reused = {name for name, rows in plan if _whole_shard(shard_dir / f"{name}.jsonl", rows) is not None}
     state.wait_for_everyone()  # all have looked before any writes, so all count the same shards as reused
     mine = [plan[i] for i in my_share(len(plan), state)]
     total = sum(len(rows) for _, rows in mine)
@@ -399,10 +399,29 @@ def probe_sharded(model, tokenizer, facts: list[dict], conf: dict, shard_dir: Pa
                 bar.set_postfix_str(name)
     state.wait_for_everyone()  # every shard of the plan is on disk
     results: list[dict] = []
-    for name, _ in plan:
-        with (shard_dir / f"{name}.jsonl").open() as handle:
-            results.extend(json.loads(line) for line in handle)
+    for name, rows in plan:
+        scored = _whole_shard(shard_dir / f"{name}.jsonl", rows)
+        if scored is None:  # written by this run, so a process or the disk failed after the barrier
+            raise MemqaError(f"probe shard {shard_dir / name}.jsonl is incomplete after scoring: check free disk "
+                             "space, then rerun (finished shards are kept)")
+        results.extend(scored)
     return results, len(reused)
+
+
+def _whole_shard(path: Path, facts: list[dict]) -> list[dict] | None:
+    """The shard's rows if the file is whole (its end marker checks out) and scores exactly these facts, in order;
+    None when it is missing, cut short or stale, so that it is scored again."""
+    if not path.is_file():
+        return None
+    try:
+        rows = read_jsonl(path)
+    except MemqaError as err:
+        tqdm.write(f"rescoring {path.name}: {err.message}")
+        return None
+    if [r.get("fact_id") for r in rows] != [f["fact_id"] for f in facts]:
+        tqdm.write(f"rescoring {path.name}: it scores other facts than its shard holds")
+        return None
+    return rows
 
 
 def crosscheck(model, tokenizer, facts: list[dict], main_rows: list[dict], conf: dict, shard_dir: Path) -> dict:

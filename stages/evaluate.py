@@ -15,18 +15,26 @@ from memqa import paths
 from memqa.accuracy import DOMAINS
 from memqa.config import load_params, section
 from memqa.distributed import is_main_process, relaunch
+from memqa.environment import with_versions
 from memqa.errors import MemqaError
 from memqa.evaluation import drop_scratch_weights, evaluate_cell
-from memqa.io import read_jsonl, write_json, write_jsonl
+from memqa.facts import check_facts
+from memqa.io import json_text, jsonl_text, read_jsonl, write_all
 from memqa.memory import n_levels
-from memqa.options import model_option, params_option
+from memqa.options import SIZE, model_option, params_option
+
+
+def test_facts(model_name: str, domain: str) -> list[dict]:
+    fix = f"rerun `dvc repro split@{model_name}`"
+    path = paths.test_set(model_name, domain)
+    return check_facts(read_jsonl(path, fix), path, fix, allow_empty=True)
 
 
 @click.command("evaluate")
 @model_option
 @click.option("--base", is_flag=True, help="Evaluate the untrained base model (the 0-data baseline).")
 @click.option("--level", type=int)
-@click.option("--size")
+@click.option("--size", type=SIZE, help="Training-set size (a number or 'all').")
 @click.option("--seed", type=int)
 @params_option
 def main(model_name: str, base: bool, level: int | None, size: str | None, seed: int | None,
@@ -44,20 +52,20 @@ def main(model_name: str, base: bool, level: int | None, size: str | None, seed:
         raise MemqaError("give either --base or --level/--size/--seed")
     if not base and (size is None or seed is None):
         raise MemqaError("--level needs --size and --seed too")
+    params = load_params(params_file)
+    cell = "base" if base else paths.cell_name(level, size, seed)
+    facts = [f for domain in DOMAINS for f in test_facts(model_name, domain)]  # checked before any model loads
     code = relaunch(sys.argv)  # $MEMQA_ACCELERATE: this command again, under `accelerate launch`
     if code is not None:
         raise SystemExit(code)
-    params = load_params(params_file)
-    cell = "base" if base else paths.cell_name(level, size, seed)
-    facts = [f for domain in DOMAINS for f in read_jsonl(paths.test_set(model_name, domain))]
     predictions, metrics = evaluate_cell(facts, None if base else paths.sft_dir(model_name, cell),
                                          paths.model_dir(model_name), section(params, "evaluate"),
                                          section(params, "sft"), n_levels(section(params, "probe")["level_bounds"]),
                                          section(params, "report")["min_level_facts"])
     if not is_main_process():  # every process predicted its share; only the main one writes
         return
-    write_jsonl(paths.predictions(model_name, cell), predictions)
-    write_json(paths.eval_metrics(model_name, cell), metrics)
+    write_all({paths.predictions(model_name, cell): jsonl_text(predictions),
+               paths.eval_metrics(model_name, cell): json_text(with_versions(metrics))})
     dropped = drop_scratch_weights(None if base else paths.sft_dir(model_name, cell))
     if dropped:
         click.echo(f"evaluate {model_name} {cell}: deleted the evaluated full weights {dropped} (sft.keep_weights)")

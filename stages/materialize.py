@@ -11,6 +11,7 @@ import click
 
 from memqa import paths
 from memqa.config import load_params, model_spec, require
+from memqa.environment import with_versions
 from memqa.io import write_json
 from memqa.models import materialize
 from memqa.options import model_option, params_option
@@ -31,7 +32,7 @@ def main(model_name: str, params_file: str, out_dir: Path | None, info_path: Pat
     spec = model_spec(load_params(params_file), name)
     out_dir = out_dir or paths.model_dir(name)
     info = materialize(require(spec, "source", f"models.{name}"), out_dir, spec["dtype"], spec.get("revision"))
-    write_json(info_path or paths.model_info(name), info)
+    write_json(info_path or paths.model_info(name), with_versions(info))
     click.echo(f"materialize: {name} ({info['parameters']:,} parameters) in {info['wall_s']} s -> {out_dir}")
     click.echo(json.dumps(info["provenance"]))
 

@@ -18,9 +18,13 @@ import click
 from memqa import paths
 from memqa.config import load_params, model_spec, section
 from memqa.distributed import is_main_process, relaunch
-from memqa.io import read_jsonl, write_json, write_jsonl
+from memqa.environment import with_versions
+from memqa.facts import check_facts
+from memqa.io import json_text, jsonl_text, read_jsonl, write_all
 from memqa.options import model_option, params_option
 from memqa.probing import run_probe
+
+FACTS_FIX = "rerun `dvc repro download`"
 
 
 @click.command("probe")
@@ -45,15 +49,16 @@ def main(model_name: str, params_file: str, facts_path: Path, cache_root: Path) 
     params = load_params(params_file)
     conf = section(params, "probe")
     model_spec(params, model_name)
+    facts = check_facts(read_jsonl(facts_path, FACTS_FIX), facts_path, FACTS_FIX)  # before any model loads
     code = relaunch(sys.argv)  # $MEMQA_ACCELERATE: this command again, under `accelerate launch`
     if code is not None:
         raise SystemExit(code)
-    rows, metrics = run_probe(model_name, conf, read_jsonl(facts_path), paths.model_dir(model_name), cache_root,
+    rows, metrics = run_probe(model_name, conf, facts, paths.model_dir(model_name), cache_root,
                               paths.TEMPLATES_FILE, facts_path)
     if not is_main_process():  # every process scored its shards; only the main one writes
         return
-    write_jsonl(paths.scores(model_name), rows)
-    write_json(paths.probe_metrics(model_name), metrics)
+    write_all({paths.scores(model_name): jsonl_text(rows),
+               paths.probe_metrics(model_name): json_text(with_versions(metrics))})
     click.echo(f"probe {model_name}: {metrics['facts']} facts in {metrics['wall_s']} s; "
                f"train levels {metrics['level_counts']['train']}")
 

@@ -14,15 +14,17 @@ import click
 from memqa import paths
 from memqa.config import load_params, section
 from memqa.distributed import is_main_process, relaunch
+from memqa.environment import with_versions
+from memqa.facts import check_facts
 from memqa.io import read_jsonl, write_json
-from memqa.options import model_option, params_option
+from memqa.options import SIZE, model_option, params_option
 from memqa.training import fine_tune
 
 
 @click.command("sft")
 @model_option
 @click.option("--level", type=int, required=True, help="Memory level of the training facts.")
-@click.option("--size", required=True, help="Training-set size (a number or 'all').")
+@click.option("--size", type=SIZE, required=True, help="Training-set size (a number or 'all').")
 @click.option("--seed", type=int, required=True)
 @params_option
 def main(model_name: str, level: int, size: str, seed: int, params_file: str) -> None:
@@ -37,18 +39,20 @@ def main(model_name: str, level: int, size: str, seed: int, params_file: str) ->
     sft.batch_size is the global batch; under `accelerate launch` (or with $MEMQA_ACCELERATE holding launcher
     options) each of P processes takes batch_size / (P x grad_accum) per micro-batch.
     """
+    conf = section(load_params(params_file), "sft")
+    cell = paths.cell_name(level, size, seed)
+    fix = f"rerun `dvc repro split@{model_name}` (split.levels/sizes/seeds must hold this cell)"
+    train_path = paths.train_set(model_name, cell)
+    facts = check_facts(read_jsonl(train_path, fix), train_path, fix, allow_empty=True)  # before any model loads
     code = relaunch(sys.argv)  # $MEMQA_ACCELERATE: this command again, under `accelerate launch`
     if code is not None:
         raise SystemExit(code)
-    conf = section(load_params(params_file), "sft")
-    cell = paths.cell_name(level, size, seed)
-    facts = read_jsonl(paths.train_set(model_name, cell))
     info = fine_tune(facts, conf, seed, paths.model_dir(model_name), paths.sft_dir(model_name, cell),
                      paths.sft_log(model_name, cell), paths.sft_live(model_name, cell),
                      paths.sft_scratch(model_name, cell))
     if not is_main_process():  # under `accelerate launch` every process trains; only the main one writes
         return
-    write_json(paths.sft_metrics(model_name, cell), info)
+    write_json(paths.sft_metrics(model_name, cell), with_versions(info))
     if info.get("skipped"):
         click.echo(f"sft {model_name} {cell}: empty training set, skipped")
     else:

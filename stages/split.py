@@ -10,7 +10,9 @@ import click
 
 from memqa import paths
 from memqa.config import load_params, section
-from memqa.io import read_jsonl, write_json, write_jsonl
+from memqa.environment import with_versions
+from memqa.facts import check_facts
+from memqa.io import json_text, jsonl_text, read_jsonl, write_all
 from memqa.options import model_option, params_option
 from memqa.splits import build_splits
 
@@ -28,14 +30,13 @@ def main(model_name: str, params_file: str, facts_path: Path) -> None:
     """
     params = load_params(params_file)
     scores_path = paths.scores(model_name)
-    train_sets, tests, metrics = build_splits(section(params, "split"), read_jsonl(facts_path),
-                                              read_jsonl(scores_path), section(params, "probe")["level_bounds"],
-                                              str(scores_path))
-    for cell, rows in train_sets.items():
-        write_jsonl(paths.train_set(model_name, cell), rows)
-    for domain, rows in tests.items():
-        write_jsonl(paths.test_set(model_name, domain), rows)
-    write_json(paths.split_metrics(model_name), metrics)
+    facts = check_facts(read_jsonl(facts_path), facts_path, "rerun `dvc repro download`")
+    scores = read_jsonl(scores_path, f"rerun `dvc repro probe@{model_name}`")
+    train_sets, tests, metrics = build_splits(section(params, "split"), facts, scores,
+                                              section(params, "probe")["level_bounds"], str(scores_path))
+    outputs = {paths.train_set(model_name, cell): jsonl_text(rows) for cell, rows in train_sets.items()}
+    outputs |= {paths.test_set(model_name, domain): jsonl_text(rows) for domain, rows in tests.items()}
+    write_all({**outputs, paths.split_metrics(model_name): json_text(with_versions(metrics))})  # all or none
     click.echo(f"split {model_name}: train levels {metrics['level_counts']['train']}, "
                f"{metrics['cells_short']} short cells, {metrics['cells_skipped']} skipped")
 

@@ -11,7 +11,8 @@ import click
 
 from memqa import grid, paths
 from memqa.config import load_params, section
-from memqa.io import write_csv, write_json
+from memqa.environment import with_versions
+from memqa.io import csv_text, json_text, write_all
 from memqa.memory import n_levels
 from memqa.options import params_option
 from memqa.verdicts import all_verdicts
@@ -35,10 +36,10 @@ def main(params_file: str, metrics_root: Path) -> None:
     cells = grid.read_cells(metrics_root, Path("data/eval"), grid.current_cells(models, section(params, "split")))
     studies = grid.studies(cells, grid.training_relations(cells), levels)
     rows = grid.grid_rows(studies, cells, report["min_level_facts"], report["bootstrap_replicates"])
-    write_csv(metrics_root / "grid.csv", rows, grid.columns(levels))
-    write_json(metrics_root / "summary.json", grid.summary(rows))
     verdicts = all_verdicts(studies, report["margin"], report["min_level_facts"])
-    write_json(metrics_root / "verdicts.json", verdicts)
+    write_all({metrics_root / "grid.csv": csv_text(rows, grid.columns(levels)),
+               metrics_root / "summary.json": json_text(with_versions(grid.summary(rows))),
+               metrics_root / "verdicts.json": json_text(verdicts)})
     click.echo(f"summarize: {len(rows)} rows -> {metrics_root}/grid.csv; "
                f"{sum(v['verdict'] != 'inconclusive' for v in verdicts)} of {len(verdicts)} verdicts decided")
 

@@ -37,12 +37,13 @@ def watch(stage: str) -> None:
     import memqa.io
 
     LOG.write_text("")
-    atomic_write_text, rmtree, rename = memqa.io.atomic_write_text, shutil.rmtree, Path.rename
+    write_all, rmtree, rename = memqa.io.write_all, shutil.rmtree, Path.rename
     relaunch = memqa.distributed.relaunch
 
-    def write(path, text):
-        record("write", path)
-        atomic_write_text(path, text)
+    def write(files):
+        for path in files:
+            record("write", path)
+        write_all(files)
 
     def remove(path, *args, **kwargs):
         if Path(path).exists():
@@ -53,7 +54,7 @@ def watch(stage: str) -> None:
         record("rename", self)
         return rename(self, target)
 
-    memqa.io.atomic_write_text, shutil.rmtree, Path.rename = write, remove, move
+    memqa.io.write_all, shutil.rmtree, Path.rename = write, remove, move
     memqa.distributed.relaunch = lambda argv: relaunch([str(HELPER), stage, *argv[1:]])
 
 

@@ -7,7 +7,6 @@ a resume ~35 s, evaluate ~25 s.
 """
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -17,7 +16,7 @@ import pytest
 import yaml
 
 from memqa import paths
-from memqa.io import read_json, write_json, write_jsonl
+from memqa.io import read_json, read_jsonl, write_json, write_jsonl
 from memqa.probing import shard_plan
 from memqa.prompts import qa_prompt
 from tests import tiny
@@ -131,7 +130,7 @@ def test_sample_probe_on_two_processes_writes_what_one_process_writes(tmp_path, 
     assert probe_outputs(two) == probe_outputs(one)
     assert shard_files(two) == shard_files(one)
     assert read_json(two / paths.probe_metrics("tiny"))["processes"] == 2
-    rows = [json.loads(line) for line in (one / paths.scores("tiny")).read_text().splitlines()]
+    rows = read_jsonl(one / paths.scores("tiny"))
     assert len(rows) == 16 and 0 < sum(r["score"] for r in rows) < 16  # taught facts found, others not
     assert all(len(r["completions"]) == 3 and len(r["completions"][0]) == 3 for r in rows)
     check_probe_writes(two, "sample")
@@ -172,7 +171,7 @@ def test_evaluate_on_two_processes_writes_what_one_process_writes(tmp_path, mode
 
     predictions = (one / paths.predictions("tiny", CELL)).read_text()
     assert (two / paths.predictions("tiny", CELL)).read_text() == predictions
-    rows = [json.loads(line) for line in predictions.splitlines()]
+    rows = read_jsonl(one / paths.predictions("tiny", CELL))
     assert [r["fact_id"] for r in rows] == [f["fact_id"] for d in ("id", "ood") for f in all_facts()
                                             if f["domain"] == d]  # the test sets' order
     assert 0 < sum(r["correct"] for r in rows) < len(rows)

@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from memqa.io import read_jsonl
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -40,7 +42,7 @@ def test_download_stage_runs_in_dvc_then_is_a_noop(eq_dir, tmp_path):
     _dvc(["init", "-q"], project, env)
     first = _dvc(["repro", "download"], project, env)
     assert "Running stage 'download'" in first
-    assert len((project / "data" / "facts.jsonl").read_text().splitlines()) == 24 * 5
+    assert len(read_jsonl(project / "data" / "facts.jsonl")) == 24 * 5
     second = _dvc(["repro", "download"], project, env)
     assert "Running stage" not in second and "didn't change" in second
 

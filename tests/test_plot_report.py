@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from memqa.grid import columns, read_grid
+from memqa.io import write_jsonl
 from memqa.plots import run_plot
 from memqa.report import build_report
 
@@ -42,8 +43,7 @@ def _scores(tmp_path, models=("a", "b")):
     rng = random.Random(1)
     for model in models:
         rows = [{"fact_id": f"P17/train/{i}", "group": "train", "level": rng.randrange(5)} for i in range(40)]
-        (tmp_path / "probe" / model).mkdir(parents=True)
-        (tmp_path / "probe" / model / "scores.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        write_jsonl(tmp_path / "probe" / model / "scores.jsonl", rows)
     return tmp_path / "probe"
 
 
