@@ -14,7 +14,8 @@ from pathlib import Path
 import click
 
 STAGES = ("download", "materialize", "probe", "split", "sft", "evaluate", "summarize", "plot", "report")
-BUILTINS = {"check": "memqa.check", "plan": "memqa.plan"}  # commands of the library itself, not DVC stages (module with `command`)
+# commands of the library itself, not DVC stages (each a module with `command`)
+BUILTINS = {"check": "memqa.check", "plan": "memqa.plan"}
 
 
 def stages_dir() -> Path | None:

@@ -9,9 +9,12 @@ import re
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
 from memqa.errors import MemqaError
 from memqa.io import sha256_of
@@ -24,6 +27,13 @@ PACKAGED_GGUF = {
 }
 HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 SFT_METHODS = ("qlora", "lora", "full")
+# What from_pretrained raises on a model file that is not what its name says: SafetensorError (bad header, cut
+# short), ValueError (not GGUF; UnicodeDecodeError and JSONDecodeError from a garbage JSON), OSError (missing,
+# unreadable, or a config that is not JSON).
+LOAD_ERRORS = (OSError, ValueError, SafetensorError)
+# Stamped by save_pretrained into these files: the installed version, not the model, so two clones with
+# different transformers releases would otherwise write different bytes (and DVC hashes) for the same weights.
+VERSION_STAMPED = ("config.json", "generation_config.json")
 
 
 def torch_dtype(name: str) -> torch.dtype:
@@ -48,6 +58,16 @@ def packaged_gguf(package: str, workdir: Path) -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / locator
 
 
+def recorded_path(path: Path) -> str:
+    """path as memqa_model.json records it: relative to the working directory (the project root under DVC)
+    when inside it, so every clone writes the same bytes; absolute otherwise."""
+    resolved = path.resolve()
+    try:
+        return resolved.relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return str(resolved)
+
+
 def resolve_source(source: str, workdir: Path) -> tuple[str, str | None, dict]:
     """Turn a models.<name>.source into (from_pretrained path or id, gguf file name or None, provenance)."""
     if source.startswith("package:"):
@@ -55,18 +75,95 @@ def resolve_source(source: str, workdir: Path) -> tuple[str, str | None, dict]:
         return str(gguf.parent), gguf.name, {"kind": "packaged-gguf", "package": source[8:], "file": gguf.name}
     path = Path(source).expanduser()
     if path.is_file() and path.suffix == ".gguf":
-        return str(path.parent), path.name, {"kind": "gguf-file", "path": str(path.resolve())}
+        check_gguf(path)
+        return str(path.parent), path.name, {"kind": "gguf-file", "path": recorded_path(path)}
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise MemqaError(f"model folder {path} has no config.json: point models.<name>.source at a "
                              "Hugging Face model folder (save_pretrained output)")
-        return str(path), None, {"kind": "local-dir", "path": str(path.resolve())}
+        return str(path), None, {"kind": "local-dir", "path": recorded_path(path)}
     # 'data/tiny-model' is shaped like a Hub id 'org/model'; when its first folder exists here, it is a
     # local path that is missing, not a model to fetch.
     if HUB_ID.match(source) and not source.startswith((".", "/", "~")) and not Path(source).parent.is_dir():
         return source, None, {"kind": "hub", "id": source}
     raise MemqaError(f"model source '{source}' does not exist: give a local folder, a .gguf file, "
                      "'package:<name>' or a Hub id like org/model")
+
+
+def check_gguf(path: Path) -> None:
+    """An empty or non-GGUF file fails here by name; the GGUF reader would say 'cannot mmap' or worse."""
+    with path.open("rb") as handle:
+        magic = handle.read(4)
+    if magic != b"GGUF":
+        what = "is empty" if not magic else "is not a GGUF file (it does not start with the GGUF magic bytes)"
+        raise MemqaError(f"{path} {what}: download the .gguf again, or point models.<name>.source at a real one")
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """Why path is not a whole safetensors file, or None. Reads only the header: an 8-byte length, that many
+    bytes of JSON, then exactly the tensor bytes the JSON describes."""
+    size = path.stat().st_size
+    if size == 0:
+        return "is empty"
+    not_safetensors = "is not a safetensors file (no valid header)"
+    with path.open("rb") as handle:
+        length = int.from_bytes(handle.read(8), "little")
+        if size < 8 or length > size - 8:
+            return not_safetensors
+        try:
+            header = json.loads(handle.read(length))
+            end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+            return not_safetensors
+    if 8 + length + end != size:
+        return f"is cut short or padded ({size:,} bytes where its header describes {8 + length + end:,})"
+    return None
+
+
+def json_problem(path: Path) -> str | None:
+    try:
+        json.loads(path.read_bytes())
+    except UnicodeDecodeError:
+        return "is not JSON (not even UTF-8 text)"
+    except json.JSONDecodeError as err:
+        return f"is not valid JSON ({err.msg} at line {err.lineno})"
+    return None
+
+
+def broken_file(folder: Path) -> str | None:
+    """'<file> <why>' for the first weight or JSON file in a model folder that is garbage, else None. The JSON
+    files (a tokenizer.json is tens of MB) are parsed whole, so this runs only after a load has failed."""
+    for path in sorted(folder.glob("*.safetensors")):
+        if problem := safetensors_problem(path):
+            return f"{path} {problem}"
+    for path in sorted(folder.glob("*.json")):
+        if problem := json_problem(path):
+            return f"{path} {problem}"
+    return None
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def remake_hint(folder: Path) -> str:
+    """How to rebuild a model folder the pipeline wrote: data/models/<name> comes from materialize@<name>."""
+    folder = Path(folder)
+    if folder.parent.name == "models":
+        return (f"rebuild it with `dvc repro materialize@{folder.name}` "
+                f"(or python stages/materialize.py --model {folder.name})")
+    return "run the stage that wrote it again (dvc repro)"
+
+
+@contextmanager
+def readable_model(folder: Path, fix: str) -> Iterator[None]:
+    """A garbage file under a from_pretrained call becomes one line naming the file and the fix."""
+    try:
+        yield
+    except LOAD_ERRORS as err:
+        what = broken_file(folder) if folder.is_dir() else None
+        raise MemqaError(f"{what or f'cannot load the model in {folder} ({_first_line(err)})'}: {fix}") from err
 
 
 def weights_sha256(folder: Path) -> str:
@@ -80,24 +177,60 @@ def weights_sha256(folder: Path) -> str:
     return digest.hexdigest()
 
 
-def materialize(source: str, out_dir: Path, dtype: str = "bfloat16", revision: str | None = None) -> dict:
-    """Convert any source once into a plain safetensors + tokenizer folder that later stages load fast."""
+def _load_source(source: str, location: str, gguf_file: str | None, provenance: dict, dtype: str,
+                 revision: str | None):
+    """(tokenizer, model) from a resolved source; a Hub miss or a garbage file is one clear line."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    kwargs: dict = {"gguf_file": gguf_file} if gguf_file else {}
+    if revision and provenance["kind"] == "hub":
+        kwargs["revision"] = revision
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(location, dtype=torch_dtype(dtype), **kwargs)
+    except LOAD_ERRORS as err:
+        if provenance["kind"] == "hub" and isinstance(err, OSError):
+            raise MemqaError(f"cannot fetch '{source}' from the Hugging Face Hub ({_first_line(err)})"
+                             ": offline, use a local folder or a packaged GGUF as models.<name>.source") from err
+        raise _unloadable(source, location, gguf_file, provenance, err) from err
+    return tokenizer, model
+
+
+def _unloadable(source: str, location: str, gguf_file: str | None, provenance: dict, err: BaseException):
+    """The one line for a source whose files the loader rejects: which file, why, and what to do."""
+    if gguf_file:
+        return MemqaError(f"{Path(location) / gguf_file} is not a readable GGUF file ({_first_line(err)}): "
+                          "download the .gguf again, then rerun materialize")
+    # Only a model folder is ours to diagnose file by file.
+    broken = broken_file(Path(location)) if provenance["kind"] == "local-dir" else None
+    if broken:
+        return MemqaError(f"{broken}: replace it with the model's real file (copy the folder or save_pretrained "
+                          "it again), then rerun materialize")
+    return MemqaError(f"cannot load model from {source} ({_first_line(err)}): check the source, then rerun "
+                      "materialize")
+
+
+def drop_version_stamps(folder: Path) -> None:
+    """Remove transformers_version from the saved configs, so the folder's bytes depend on the model only."""
+    for name in VERSION_STAMPED:
+        path = folder / name
+        if not path.is_file():
+            continue
+        config = json.loads(path.read_text(encoding="utf-8"))
+        if config.pop("transformers_version", None) is not None:
+            # The layout save_pretrained writes, so nothing but the stamp changes.
+            path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def materialize(source: str, out_dir: Path, dtype: str = "bfloat16", revision: str | None = None) -> dict:
+    """Convert any source once into a plain safetensors + tokenizer folder that later stages load fast.
+
+    The same source gives the same bytes in any clone, folder or transformers release that converts it
+    alike: no timing, path or library version is written into the folder (the stage's metrics record those)."""
     started = time.time()
     with tempfile.TemporaryDirectory() as tmp:
         location, gguf_file, provenance = resolve_source(source, Path(tmp))
-        kwargs: dict = {"gguf_file": gguf_file} if gguf_file else {}
-        if revision and provenance["kind"] == "hub":
-            kwargs["revision"] = revision
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
-            model = AutoModelForCausalLM.from_pretrained(location, dtype=torch_dtype(dtype), **kwargs)
-        except OSError as err:
-            if provenance["kind"] == "hub":
-                raise MemqaError(f"cannot fetch '{source}' from the Hugging Face Hub ({str(err).splitlines()[0]})"
-                                 ": offline, use a local folder or a packaged GGUF as models.<name>.source") from err
-            raise MemqaError(f"cannot load model from {source}: {str(err).splitlines()[0]}") from err
+        tokenizer, model = _load_source(source, location, gguf_file, provenance, dtype, revision)
         if gguf_file:
             # A GGUF-loaded model is marked quantized and refuses save/train; its weights are already
             # dequantized, so dropping the marker yields an ordinary model.
@@ -112,6 +245,7 @@ def materialize(source: str, out_dir: Path, dtype: str = "bfloat16", revision: s
         shutil.rmtree(staging, ignore_errors=True)
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
+    drop_version_stamps(staging)
     info = {
         "source": source,
         "provenance": provenance,
@@ -121,8 +255,7 @@ def materialize(source: str, out_dir: Path, dtype: str = "bfloat16", revision: s
         "vocab_size": model.config.vocab_size,
         "weights_sha256": weights_sha256(staging),
     }
-    # No timing in the folder: re-materialising the same source must leave it byte-identical, so that
-    # DVC does not rerun every downstream stage.
+    # DVC hashes the folder: a byte that differs between runs would rerun every downstream stage.
     (staging / "memqa_model.json").write_text(json.dumps(info, indent=2) + "\n")
     shutil.rmtree(out_dir, ignore_errors=True)
     staging.rename(out_dir)
@@ -154,7 +287,9 @@ def device() -> torch.device:
 def load_tokenizer(model_dir: str | Path):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    model_dir = Path(model_dir)
+    with readable_model(model_dir, remake_hint(model_dir)):
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     choose_pad_token(tokenizer)
     return tokenizer
 
@@ -166,8 +301,10 @@ def load_model(model_dir: str | Path, dtype: str = "bfloat16", on: torch.device 
 
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
-        raise MemqaError(f"no materialised model at {model_dir}: run `dvc repro materialize` first")
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch_dtype(dtype)).to(on or device())
+        raise MemqaError(f"no materialised model at {model_dir}: {remake_hint(model_dir)}")
+    with readable_model(model_dir, remake_hint(model_dir)):
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch_dtype(dtype))
+    model = model.to(on or device())
     model.eval().requires_grad_(False)
     contiguous_lm_head(model)
     return model, load_tokenizer(model_dir)
@@ -221,7 +358,8 @@ def load_base(model_dir: Path, method: str, conf: dict, local_rank: int = 0, tra
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=dtype)
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), **kwargs)
+    with readable_model(Path(model_dir), remake_hint(Path(model_dir))):
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir), **kwargs)
     return model, load_tokenizer(model_dir)
 
 
