@@ -290,3 +290,26 @@ def test_appending_to_a_tracked_output_leaves_the_dvc_cache_intact(tmp_path):
     assert cached and all(hashlib.md5(p.read_bytes()).hexdigest() == p.parent.name + p.name for p in cached)
     status = subprocess.run([*dvc, "status"], cwd=tmp_path, capture_output=True, text=True, check=True).stdout
     assert "modified" in status
+
+
+# --- what a result was made with ---------------------------------------------------------------------------------
+
+def test_a_stage_records_the_package_versions_it_ran_with(tmp_path, monkeypatch):
+    from importlib import metadata
+
+    _split_inputs(tmp_path, tiny.synthetic_facts(4) + tiny.synthetic_facts(2, split="test", start=4))
+    code, lines, made = _stage(tmp_path, monkeypatch, ["split", "--model", "m"], _split_params())
+    assert code == 0, lines
+    versions = io.read_json(tmp_path / "metrics" / "m" / "split.json")["versions"]
+    assert versions["transformers"] == metadata.version("transformers")
+    assert versions["torch"] == metadata.version("torch") and versions["python"] == sys.version.split()[0]
+
+
+def test_make_installs_every_package_at_the_pinned_version():
+    makefile = (REPO / "Makefile").read_text()
+    installs = [line for line in makefile.splitlines() if "pip install" in line and "torch==" not in line]
+    assert installs and all("-c constraints.txt" in line for line in installs), installs
+    pins = dict(line.split("==") for line in (REPO / "constraints.txt").read_text().splitlines()
+                if line and not line.startswith("#"))
+    assert {"transformers", "tokenizers", "peft", "accelerate", "numpy", "dvc"} <= set(pins)
+    assert "torch" not in pins  # the Makefile installs it first: the CPU wheel here, a CUDA build elsewhere
