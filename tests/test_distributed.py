@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -15,9 +16,9 @@ import yaml
 
 from memqa.distributed import relaunch_command
 from memqa.errors import MemqaError
-from memqa.io import read_json, write_jsonl
+from memqa.io import read_json, read_jsonl, write_jsonl
 from memqa.prompts import qa_prompt
-from memqa.training import per_device_batch
+from memqa.training import fine_tune, per_device_batch
 from tests import tiny
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,13 +30,29 @@ SFT = {"method": "full", "lr": 1e-3, "lr_full": 3e-3, "epochs": 2, "batch_size":
 ARGS = ["--model", "tiny", "--level", "4", "--size", "14", "--seed", "0"]
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    """A tiny random Llama and its tokenizer, built here."""
+def build(root: Path, seed: int = 0) -> Path:
+    """A tiny random Llama and its tokenizer, built here; saved under root."""
     facts = tiny.synthetic_facts(14)
     tokenizer = tiny.make_tokenizer([qa_prompt(f["question"]) + " " + f["answers"][0] for f in facts], 400)
-    return tiny.save(tiny.make_model(tokenizer, hidden=64, layers=2), tokenizer,
-                     tmp_path_factory.mktemp("tiny") / "model")
+    return tiny.save(tiny.make_model(tokenizer, hidden=64, layers=2, seed=seed), tokenizer, root / "model")
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    return build(tmp_path_factory.mktemp("tiny"))
+
+
+def loss_falls(curve: list[dict]) -> list[tiny.Margin]:
+    return [tiny.at_least("SFT loss, first - last of 4 steps (it trained)", curve[0]["loss"] - curve[-1]["loss"],
+                          0.05)]
+
+
+def sft_in_one_process(model_dir: Path) -> list[tiny.Margin]:
+    """The benchmark's way to the same margin: the one-process SFT of the test, run in this process."""
+    project = make_project(Path(tempfile.mkdtemp(dir=model_dir.parent)) / "project", model_dir, SFT)
+    facts = read_jsonl(project / "data" / "splits" / "tiny" / f"train-{CELL}.jsonl")
+    fine_tune(facts, SFT, 0, model_dir, project / "sft" / CELL, project / "metrics" / "sft" / "tiny" / f"{CELL}.csv")
+    return loss_falls(loss_curve(project))
 
 
 def make_project(root: Path, model_dir: Path, sft: dict) -> Path:
@@ -87,7 +104,7 @@ def test_two_processes_match_one_process_and_only_the_main_one_writes(tmp_path, 
     for a, b in zip(ref, curve, strict=True):
         assert a["step"] == b["step"] and abs(a["loss"] - b["loss"]) <= 1e-4, (ref, curve)
         assert a["lr"] == pytest.approx(b["lr"], rel=1e-9)
-    assert ref[0]["loss"] - ref[-1]["loss"] > 0.05  # it trained
+    tiny.require(loss_falls(ref))
 
     info = read_json(two / "metrics" / "sft" / "tiny" / f"{CELL}.json")
     assert (info["processes"], info["per_device_batch"], info["global_batch"], info["grad_accum"]) == (2, 2, 8, 2)
@@ -140,3 +157,7 @@ def test_shipped_accelerate_configs_load(name):
         assert config.fsdp_config["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
     else:
         assert config.distributed_type == "MULTI_GPU"
+
+
+# Every assertion above on what training learned, for benchmarks/training_margins.py (fixture: build(root, seed)).
+MARGINS = [sft_in_one_process]

@@ -10,14 +10,16 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 import yaml
 
 from memqa import paths
+from memqa.evaluation import evaluate_cell
 from memqa.io import read_json, read_jsonl, write_json, write_jsonl
-from memqa.probing import shard_plan
+from memqa.probing import run_probe, shard_plan
 from memqa.prompts import qa_prompt
 from tests import tiny
 from tests.test_distributed import free_port
@@ -40,18 +42,47 @@ def all_facts() -> list[dict]:
             + tiny.synthetic_facts(3, "P26", split="test", domain="ood", start=13))
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    """A tiny Llama taught half of the facts, as probe statements and as QA pairs."""
+def build(root: Path, seed: int = 0) -> Path:
+    """A tiny Llama taught half of the facts, as probe statements and as QA pairs; saved under root."""
     facts = all_facts()
     taught = facts[::2]
     texts = [s for f in taught for s in tiny.statements(f, 5)] + [qa_prompt(f["question"]) + " " + f["answers"][0]
                                                                   for f in taught] * 2
     corpus = [s for f in facts for s in tiny.statements(f, 5)] + [qa_prompt(f["question"]) for f in facts]
     tokenizer = tiny.make_tokenizer(corpus + texts, 600)
-    model = tiny.make_model(tokenizer, hidden=64, layers=2)
-    tiny.teach(model, tokenizer, texts, steps=200, lr=5e-3)
-    return tiny.save(model, tokenizer, tmp_path_factory.mktemp("tiny") / "model")
+    model = tiny.make_model(tokenizer, hidden=64, layers=2, seed=seed)
+    tiny.teach(model, tokenizer, texts, steps=200, lr=5e-3, seed=seed)
+    return tiny.save(model, tokenizer, root / "model")
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    return build(tmp_path_factory.mktemp("tiny"))
+
+
+def probe_finds_some_facts(rows: list[dict]) -> list[tiny.Margin]:
+    """The sample probe (3 templates x 3 samples) finds taught facts and not the others."""
+    total = sum(r["score"] for r in rows)
+    return [tiny.at_least("sample probe: summed R of the 16 facts (taught ones found)", total, 1 / 9),
+            tiny.at_most("sample probe: summed R of the 16 facts (not all found)", total, len(rows) - 1 / 9)]
+
+
+def evaluation_answers_some_facts(rows: list[dict]) -> list[tiny.Margin]:
+    correct = sum(r["correct"] for r in rows)
+    return [tiny.at_least("evaluate: correct answers of the 16 (taught ones)", correct, 1),
+            tiny.at_most("evaluate: correct answers of the 16 (not all)", correct, len(rows) - 1)]
+
+
+def stages_in_one_process(model_dir: Path) -> list[tiny.Margin]:
+    """The benchmark's way to the same margins: what the probe and evaluate stages compute on one process,
+    computed in this one (no launcher, no DVC), from the same project folder."""
+    project = make_project(Path(tempfile.mkdtemp(dir=model_dir.parent)) / "project", model_dir, PROBE)
+    rows, _ = run_probe("tiny", PROBE, all_facts(), model_dir, project / paths.PROBE_CACHE, paths.TEMPLATES_FILE,
+                        project / paths.FACTS)
+    facts = [f for d in ("id", "ood") for f in read_jsonl(project / paths.test_set("tiny", d))]
+    sft = yaml.safe_load((project / "params.yaml").read_text())["sft"]
+    predictions = evaluate_cell(facts, project / paths.sft_dir("tiny", CELL), model_dir, EVALUATE, sft, 5)[0]
+    return probe_finds_some_facts(rows) + evaluation_answers_some_facts(predictions)
 
 
 def make_project(root: Path, model_dir: Path, probe: dict) -> Path:
@@ -131,7 +162,8 @@ def test_sample_probe_on_two_processes_writes_what_one_process_writes(tmp_path, 
     assert shard_files(two) == shard_files(one)
     assert read_json(two / paths.probe_metrics("tiny"))["processes"] == 2
     rows = read_jsonl(one / paths.scores("tiny"))
-    assert len(rows) == 16 and 0 < sum(r["score"] for r in rows) < 16  # taught facts found, others not
+    assert len(rows) == 16
+    tiny.require(probe_finds_some_facts(rows))
     assert all(len(r["completions"]) == 3 and len(r["completions"][0]) == 3 for r in rows)
     check_probe_writes(two, "sample")
 
@@ -174,9 +206,13 @@ def test_evaluate_on_two_processes_writes_what_one_process_writes(tmp_path, mode
     rows = read_jsonl(one / paths.predictions("tiny", CELL))
     assert [r["fact_id"] for r in rows] == [f["fact_id"] for d in ("id", "ood") for f in all_facts()
                                             if f["domain"] == d]  # the test sets' order
-    assert 0 < sum(r["correct"] for r in rows) < len(rows)
+    tiny.require(evaluation_answers_some_facts(rows))
     ref, metrics = (read_json(p / paths.eval_metrics("tiny", CELL)) for p in (one, two))
     assert (ref.pop("processes"), metrics.pop("processes")) == (1, 2) and metrics == ref
     # 16 test facts in batches of 3: 6 batches, 3 on each process; only process 0 wrote, each output once
     assert writes(two, "1") == [] and writes(two, "outer") == []
     assert sorted(writes(two, "0")) == [f"write data/eval/tiny/{CELL}.jsonl", f"write metrics/eval/tiny/{CELL}.json"]
+
+
+# Every assertion above on what training learned, for benchmarks/training_margins.py (fixture: build(root, seed)).
+MARGINS = [stages_in_one_process]

@@ -1,4 +1,6 @@
 """The engine's early stopping, batch compaction and per-completion random streams."""
+from unittest import mock
+
 import pytest
 import torch
 from transformers import Gemma3ForCausalLM, Gemma3TextConfig
@@ -16,19 +18,24 @@ PROMPTS = ["Kalomi was born in", "The birthplace of Renvo Shadri is", "a", "Wher
            "Falgor Hinka born, in which city of which country, and when", "Pelnor Quazem was born in the city of"]
 
 
-@pytest.fixture(scope="module")
-def taught():
-    """A tiny model taught 4 facts often (all 21 templates), 4 rarely (2 templates), 4 never; the statements
-    go on after the answer, so that stopping at the answer cuts completions."""
+def build(seed: int = 0) -> tuple:
+    """(model, tokenizer, often, rarely, never): a tiny model taught 4 facts often (all 21 templates), 4 rarely
+    (2 templates), 4 never; the statements go on after the answer, so that stopping at the answer cuts
+    completions."""
     facts = tiny.synthetic_facts(12)
     often, rarely, never = facts[:4], facts[4:8], facts[8:]
     texts = [s for f in often for s in tiny.statements(f, 21)] * 3 + [s for f in rarely for s in tiny.statements(f, 2)]
     texts = [f"{text} and it is far away" for text in texts]
     corpus = texts + [s for f in never for s in tiny.statements(f, 21)]
     tokenizer = tiny.make_tokenizer(corpus)
-    model = tiny.make_model(tokenizer, hidden=96, layers=2)
-    tiny.teach(model, tokenizer, texts, steps=400)
+    model = tiny.make_model(tokenizer, hidden=96, layers=2, seed=seed)
+    tiny.teach(model, tokenizer, texts, steps=400, seed=seed)
     return model.requires_grad_(False), tokenizer, often, rarely, never
+
+
+@pytest.fixture(scope="module")
+def taught() -> tuple:
+    return build()
 
 
 def _model(arch: str, taught):
@@ -76,21 +83,32 @@ def test_rows_match_one_at_a_time_decoding_up_to_their_stop_point(taught, arch, 
     """Compacting the batch (KV cache incl. sliding-window layers, mask, positions, logits) as rows stop early
     or hit EOS changes no row's tokens: every row equals the same completion decoded alone, both with
     stop_when and without (so with and without, rows agree token for token up to the stop point)."""
-    tokenizer = taught[1]
-    model = _model(arch, taught)
+    tiny.require(_rows_match_alone(_model(arch, taught), taught[1], temperature))
+
+
+def _rows_match_alone(model, tokenizer, temperature: float) -> list[tiny.Margin]:
     kwargs = {"max_new_tokens": 10, "num_samples": 3, "temperature": temperature, "seed": 7}
     samples = kwargs["num_samples"] if temperature > 0 else 1
+    margins = []
     for stop_when in (None, _stop_by_length):
         ours = generate_ids(model, tokenizer, PROMPTS, batch_size=6, stop_when=stop_when, **kwargs)
         for p, prompt in enumerate(PROMPTS):
             for s in range(samples):
                 assert ours[p][s] == _one_at_a_time(model, tokenizer, prompt, p, s, seed=7, temperature=temperature,
                                                     max_new_tokens=10, stop_when=stop_when), (stop_when, p, s)
-        lengths = {len(row) for rows in ours for row in rows}
-        assert len(lengths) > 1 if stop_when else 10 in lengths  # rows did leave the batch at different steps
+        lengths = [len(row) for rows in ours for row in rows]  # rows did leave the batch at different steps:
+        if stop_when:
+            margins.append(tiny.at_least(f"T={temperature}, stopped: distinct row lengths", len(set(lengths)), 2))
+        else:
+            margins.append(tiny.at_least(f"T={temperature}: rows that ran all 10 tokens", lengths.count(10), 1))
+    return margins
 
 
-def test_early_stop_and_compaction_leave_R_unchanged(taught, monkeypatch):
+def taught_rows_leave_the_batch_at_different_steps(taught: tuple) -> list[tiny.Margin]:
+    return [m for temperature in (0.0, 1.0) for m in _rows_match_alone(taught[0], taught[1], temperature)]
+
+
+def early_stop_leaves_R(taught: tuple) -> list[tiny.Margin]:
     """The probe's sample method with early stopping at the answer gives the same per-template counts of
     correct completions (hence R) as full-length decoding, on facts the model knows and does not, and
     decodes fewer rows; each stopped completion is its full completion cut where the answer was found."""
@@ -99,24 +117,20 @@ def test_early_stop_and_compaction_leave_R_unchanged(taught, monkeypatch):
     rows_decoded: list[int] = []
     hook = model.register_forward_pre_hook(lambda m, args, kwargs: rows_decoded.append(kwargs["input_ids"].shape[0]),
                                            with_kwargs=True)
-    real_generate = engine.generate
+    real_generate, margins = engine.generate, []
     try:
         for temperature in (0.7, 1.0):
             conf = {**PROBE, "temperature": temperature}
             rows_decoded.clear()
             stopped = score_facts(model, tokenizer, facts, conf, "sample", seed=5)
             cost_stopped = sum(rows_decoded)
-            with monkeypatch.context() as patch:  # the same probe without stop_when
-                patch.setattr(engine, "generate", lambda *a, stop_when=None, **k: real_generate(*a, **k))
-                rows_decoded.clear()
+            with mock.patch.object(engine, "generate", lambda *a, stop_when=None, **k: real_generate(*a, **k)):
+                rows_decoded.clear()  # the same probe without stop_when
                 full = score_facts(model, tokenizer, facts, conf, "sample", seed=5)
             cost_full = sum(rows_decoded)
             assert [r["template_correct"] for r in stopped] == [r["template_correct"] for r in full]
             assert [r["score"] for r in stopped] == [r["score"] for r in full]
-            correct = sum(sum(r["template_correct"]) for r in full)
-            assert 0 < correct < len(facts) * 5 * 6, correct  # known and unknown facts both present
-            assert sum(sum(r["template_correct"]) for r in full[:3]) > sum(sum(r["template_correct"]) for r in full[6:])
-            assert cost_stopped < cost_full, (cost_stopped, cost_full)
+            hits = [sum(r["template_correct"]) for r in full]
             cut = 0
             for fact, s_row, f_row in zip(facts, stopped, full, strict=True):
                 for s_texts, f_texts in zip(s_row["completions"], f_row["completions"], strict=True):
@@ -124,9 +138,20 @@ def test_early_stop_and_compaction_leave_R_unchanged(taught, monkeypatch):
                         assert f.startswith(s.rstrip("\ufffd"))
                         assert s == f or contains(s, fact["answers"])
                         cut += s != f
-            assert cut > 0
+            margins += [tiny.at_least(f"T={temperature}: correct completions (known facts present)", sum(hits), 1),
+                        tiny.at_most(f"T={temperature}: correct completions (unknown facts present)", sum(hits),
+                                     len(facts) * 5 * 6 - 1),
+                        tiny.at_least(f"T={temperature}: often-taught - never-taught correct completions",
+                                      sum(hits[:3]) - sum(hits[6:]), 1),
+                        tiny.at_least(f"T={temperature}: rows decoded saved by stopping", cost_full - cost_stopped, 1),
+                        tiny.at_least(f"T={temperature}: completions cut at the answer", cut, 1)]
     finally:
         hook.remove()
+    return margins
+
+
+def test_early_stop_and_compaction_leave_R_unchanged(taught):
+    tiny.require(early_stop_leaves_R(taught))
 
 
 def test_sampling_does_not_depend_on_batch_size_or_neighbours(taught):
@@ -165,3 +190,7 @@ def test_answer_settled_only_when_no_continuation_can_undo_the_match():
     assert not answer_settled(token_sequence, "born in Paris\ufffd", ["Paris"])  # the next bytes may be a letter
     assert not answer_settled(contains, "born in Par\ufffd", ["Paris"])
     assert not answer_settled(token_sequence, "Paris", ["Paris"])
+
+
+# Every assertion above on what training learned, for benchmarks/training_margins.py (fixture: build(seed)).
+MARGINS = [taught_rows_leave_the_batch_at_different_steps, early_stop_leaves_R]

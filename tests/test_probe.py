@@ -1,4 +1,7 @@
 import json
+import statistics
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,44 +20,67 @@ PROBE = {"method": "likelihood", "templates": 21, "samples": 10, "temperature": 
          "dtype": "float32", "save_completions": False, "crosscheck_facts": 0}
 
 
-@pytest.fixture(scope="module")
-def taught(tmp_path_factory):
-    """A tiny model taught 6 facts often (all 21 templates), 6 rarely (2 templates), 6 never."""
+def build(root: Path, seed: int = 0) -> tuple[Path, list[dict], list[dict], list[dict]]:
+    """A tiny model taught 6 facts often (all 21 templates, 3 times), 6 split (all 21 templates, as often with
+    the answer as with another name: P(the answer) intermediate by symmetry, whatever the float rounding), 6
+    never. Saved under root; returns (path, often, split, never)."""
     facts = tiny.synthetic_facts(18)
-    often, rarely, never = facts[:6], facts[6:12], facts[12:]
-    texts = [s for f in often for s in tiny.statements(f, 21)] * 3 + [s for f in rarely for s in tiny.statements(f, 2)]
+    often, split, never = facts[:6], facts[6:12], facts[12:]
+    texts = [s for f in often for s in tiny.statements(f, 21)] * 3
+    texts += [s for f in split for a in (f["answers"][0], tiny.other_answer(f)) for s in tiny.statements(f, 21, a)]
     corpus = texts + [s for f in never for s in tiny.statements(f, 21)]
     tokenizer = tiny.make_tokenizer(corpus)
-    model = tiny.make_model(tokenizer, hidden=96, layers=2)
-    tiny.teach(model, tokenizer, texts, steps=500)
-    path = tiny.save(model, tokenizer, tmp_path_factory.mktemp("tiny") / "model")
-    return path, often, rarely, never
+    model = tiny.make_model(tokenizer, hidden=96, layers=2, seed=seed)
+    tiny.teach(model, tokenizer, texts, steps=500, seed=seed)
+    return tiny.save(model, tokenizer, root / "model"), often, split, never
 
 
-def test_probe_ranks_facts_by_how_often_they_were_taught(taught, tmp_path):
-    path, often, rarely, never = taught
-    facts = often + rarely + never
-    (tmp_path / "facts.jsonl").write_text("".join(json.dumps(f) + "\n" for f in facts))
+@pytest.fixture(scope="module")
+def taught(tmp_path_factory) -> tuple[Path, list[dict], list[dict], list[dict]]:
+    return build(tmp_path_factory.mktemp("tiny"))
+
+
+def probe_scores_follow_teaching(taught: tuple) -> list[tiny.Margin]:
+    """run_probe's scores, likelihood and sample: facts whose answer was always taught score high (level >= 3),
+    those taught with it half the time in between, never-taught ones at level 0 (below the resolution)."""
+    path, often, split, never = taught
+    facts = often + split + never
+    root = Path(tempfile.mkdtemp(dir=path.parent))
+    (root / "facts.jsonl").write_text("".join(json.dumps(f) + "\n" for f in facts))
+    margins = []
     for method in ("likelihood", "sample"):
         conf = {**PROBE, "method": method, "samples": 3, "templates": 7}
-        scored, _ = run_probe("tiny", conf, facts, path, tmp_path / "cache", TEMPLATES_FILE, tmp_path / "facts.jsonl")
-        rows = {r["fact_id"]: r for r in scored}
-        mean = {name: sum(rows[f["fact_id"]]["score"] for f in group) / len(group)
-                for name, group in (("often", often), ("rarely", rarely), ("never", never))}
-        assert mean["often"] > 0.6 and mean["often"] > mean["rarely"] > mean["never"], (method, mean)
-        assert all(rows[f["fact_id"]]["level"] >= 3 for f in often), method
-        assert all(rows[f["fact_id"]]["level"] == 0 for f in never), method
+        scored, _ = run_probe("tiny", conf, facts, path, root / "cache", TEMPLATES_FILE, root / "facts.jsonl")
+        score = {r["fact_id"]: r["score"] for r in scored}
+        mean = {name: statistics.mean(score[f["fact_id"]] for f in group)
+                for name, group in (("often", often), ("split", split), ("never", never))}
+        margins += [tiny.at_least(f"{method}: mean score of the often-taught facts", mean["often"], 0.6),
+                    tiny.at_least(f"{method}: often - split mean score", mean["often"] - mean["split"], 0.05),
+                    tiny.at_least(f"{method}: split - never mean score", mean["split"] - mean["never"], 0.05),
+                    tiny.at_least(f"{method}: least score of an often-taught fact (level >= 3 above 0.5)",
+                                  min(score[f["fact_id"]] for f in often), 0.5 + 1e-9),
+                    tiny.at_most(f"{method}: most score of a never-taught fact (level 0 below 1/21)",
+                                 max(score[f["fact_id"]] for f in never), 1 / 21 - 1e-9)]
+    return margins
 
 
-def test_greedy_probe_labels_do_not_depend_on_batch_size(taught):
-    path, often, rarely, never = taught
+def test_probe_scores_follow_how_often_the_answer_was_taught(taught):
+    tiny.require(probe_scores_follow_teaching(taught))
+
+
+def greedy_labels_ignore_batch_size(taught: tuple) -> list[tiny.Margin]:
+    path, often, split, never = taught
     model, tokenizer = _load(path)
-    facts = often[:3] + rarely[:3] + never[:3]
+    facts = often[:3] + split[:3] + never[:3]
     conf = {**PROBE, "method": "sample", "temperature": 0.0, "templates": 5}
     one = score_facts(model, tokenizer, facts, {**conf, "batch_size": 1}, "sample", seed=0)
     many = score_facts(model, tokenizer, facts, {**conf, "batch_size": 7}, "sample", seed=0)
     assert one == many
-    assert sum(r["score"] for r in one) > 0
+    return [tiny.at_least("greedy probe: summed score (known facts found)", sum(r["score"] for r in one), 0.2)]
+
+
+def test_greedy_probe_labels_do_not_depend_on_batch_size(taught):
+    tiny.require(greedy_labels_ignore_batch_size(taught))
 
 
 def test_sampling_is_reproducible_for_the_same_params(taught):
@@ -68,9 +94,9 @@ def test_sampling_is_reproducible_for_the_same_params(taught):
 
 
 def test_killed_probe_resumes_to_the_uninterrupted_result(taught, tmp_path, monkeypatch):
-    path, often, rarely, never = taught
+    path, often, split, never = taught
     model, tokenizer = _load(path)
-    facts = often + rarely + never
+    facts = often + split + never
     conf = {**PROBE, "method": "sample", "samples": 2, "templates": 3, "chunk_size": 4}
     whole, _ = probe_sharded(model, tokenizer, facts, conf, tmp_path / "whole")
     real, calls = probing.score_facts, []
@@ -170,8 +196,8 @@ def test_probe_fingerprint_changes_when_weights_are_retrained_in_place(taught, t
 
 
 def test_crosscheck_is_keyed_by_its_own_facts_and_wall_time_counts_reused_shards(taught, tmp_path):
-    path, often, rarely, never = taught
-    facts = often + rarely + never
+    path, often, split, never = taught
+    facts = often + split + never
     (tmp_path / "facts.jsonl").write_text("".join(json.dumps(f) + "\n" for f in facts))
     conf = {**PROBE, "templates": 3, "samples": 2, "max_new_tokens": 4}
     args = (path, tmp_path / "cache", TEMPLATES_FILE, tmp_path / "facts.jsonl")
@@ -180,3 +206,7 @@ def test_crosscheck_is_keyed_by_its_own_facts_and_wall_time_counts_reused_shards
     assert first["crosscheck"]["facts"] == 3 and second["crosscheck"]["facts"] == 6
     assert first["shards_reused"] == 0 and second["shards_reused"] == second["shards"] > 0
     assert second["wall_s"] > 0
+
+
+# Every assertion above on what training learned, for benchmarks/training_margins.py (fixture: build(root, seed)).
+MARGINS = [probe_scores_follow_teaching, greedy_labels_ignore_batch_size]

@@ -1,10 +1,17 @@
-"""A tiny random-init Llama and a byte-level BPE tokenizer trained in-process, and a way to teach it facts.
+"""A tiny random-init Llama and a byte-level BPE tokenizer trained in-process, a way to teach it facts, and
+Margin: how a test states an assertion on what the taught model learned.
 
 No download: everything is built from the text the test supplies.
+
+A trained model's weights depend on float rounding (CPU kernels, thread count), so an assertion on what it
+learned must hold with margin: each such assertion is a Margin (value against threshold), collected per test
+module in MARGINS, which benchmarks/training_margins.py measures over seeds and thread counts.
 """
 from __future__ import annotations
 
 import json
+import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -56,6 +63,40 @@ def teach(model, tokenizer, texts: list[str], steps: int, lr: float = 3e-3, batc
     return float(loss.detach())
 
 
+@dataclass(frozen=True)
+class Margin:
+    """One assertion on a trained model: value >= threshold (at_least) or value <= threshold (at_most)."""
+    name: str
+    value: float
+    threshold: float
+    at_least: bool
+    detail: str = ""
+
+    @property
+    def margin(self) -> float:
+        """How far the value is on the passing side of the threshold (negative: the assertion fails)."""
+        return self.value - self.threshold if self.at_least else self.threshold - self.value
+
+
+def at_least(name: str, value: float, threshold: float, detail: object = "") -> Margin:
+    return Margin(name, float(value), float(threshold), True, str(detail))
+
+
+def at_most(name: str, value: float, threshold: float, detail: object = "") -> Margin:
+    return Margin(name, float(value), float(threshold), False, str(detail))
+
+
+def observed(name: str, value: float, detail: object = "") -> Margin:
+    """A quantity the benchmark records but no test asserts (no threshold: it holds by no margin)."""
+    return Margin(name, float(value), math.nan, True, str(detail))
+
+
+def require(margins: list[Margin]) -> None:
+    """Assert every margin holds (observed ones aside); the message lists the failing ones with their values."""
+    failed = [m for m in margins if m.margin < 0]  # NaN (observed) compares False
+    assert not failed, "\n".join(f"{m.name}: {m.value:.6g} vs {m.threshold:.6g} {m.detail}" for m in failed)
+
+
 def save(model, tokenizer, path: Path) -> Path:
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
@@ -86,6 +127,13 @@ def synthetic_facts(n: int, relation: str = "P19", split: str = "train", domain:
     return rows
 
 
-def statements(fact: dict, n_templates: int) -> list[str]:
-    """The fact written out with the first n probe templates of its relation."""
-    return [f"{fill(t, fact['subject'])} {fact['answers'][0]}" for t in templates_for(fact["relation"], n_templates)]
+def statements(fact: dict, n_templates: int, answer: str | None = None) -> list[str]:
+    """The fact written out with the first n probe templates of its relation (with its answer, or `answer`)."""
+    answer = answer or fact["answers"][0]
+    return [f"{fill(t, fact['subject'])} {answer}" for t in templates_for(fact["relation"], n_templates)]
+
+
+def other_answer(fact: dict) -> str:
+    """A second made-up object for a fact (never one of the synthetic facts' own): teaching the fact with it and
+    with its answer equally often makes P(the answer) intermediate by symmetry, whatever the float rounding."""
+    return made_up_name(2000 + int(fact["fact_id"].rsplit("/", 1)[1]))
