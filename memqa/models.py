@@ -373,7 +373,9 @@ def load_for_eval(model_dir: Path, trained_dir: Path | None, method: str, conf: 
         if trained_dir is not None:
             from peft import PeftModel
 
-            model = PeftModel.from_pretrained(model, str(trained_dir))
+            fix = f"retrain the cell (dvc repro --force sft@<model>-<level>-<size>-<seed> for {trained_dir.name})"
+            with readable_model(Path(trained_dir), fix):
+                model = PeftModel.from_pretrained(model, str(trained_dir))
     model.eval().requires_grad_(False)
     contiguous_lm_head(model)
     return model, tokenizer

@@ -313,3 +313,20 @@ def test_make_installs_every_package_at_the_pinned_version():
                 if line and not line.startswith("#"))
     assert {"transformers", "tokenizers", "peft", "accelerate", "numpy", "dvc"} <= set(pins)
     assert "torch" not in pins  # the Makefile installs it first: the CPU wheel here, a CUDA build elsewhere
+
+
+def test_a_garbage_adapter_is_one_line_naming_the_file(tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    from memqa.models import load_for_eval
+
+    facts = tiny.synthetic_facts(2)
+    tokenizer = tiny.make_tokenizer([s for f in facts for s in tiny.statements(f, 2)])
+    base = tiny.save(tiny.make_model(tokenizer, hidden=32, layers=1), tokenizer, tmp_path / "base")
+    adapter = get_peft_model(tiny.make_model(tokenizer, hidden=32, layers=1),
+                             LoraConfig(r=2, target_modules=["q_proj"]))
+    adapter.save_pretrained(tmp_path / "L0-n2-s0")
+    (tmp_path / "L0-n2-s0" / "adapter_model.safetensors").write_bytes(b"\x00" * 64)
+    conf = {"compute_dtype": "float32"}
+    with pytest.raises(MemqaError, match=r"adapter_model.safetensors is not a safetensors file.*retrain the cell"):
+        load_for_eval(base, tmp_path / "L0-n2-s0", "lora", conf)
