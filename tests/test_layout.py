@@ -42,12 +42,20 @@ def stage_script(cmd: str) -> Path:
     return REPO / script
 
 
+def cmd_code(cmd: str) -> set[str]:
+    """Every file of code a dvc.yaml command runs: its stage script and each `python -m memqa.<module>` (the
+    params check that precedes it), with everything they import."""
+    words = cmd.split()
+    modules = [module_path(words[i + 1]) for i, word in enumerate(words[:-1]) if word == "-m"]
+    return set().union(*(code_closure(path) for path in [stage_script(cmd), *modules] if path))
+
+
 def test_every_dvc_stage_depends_on_all_the_code_it_imports():
     missing = {}
     for name, stage in yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"].items():
         body = stage.get("do", stage)
         deps = {str(d) for d in body.get("deps", [])}
-        lacking = sorted(code_closure(stage_script(body["cmd"])) - deps)
+        lacking = sorted(cmd_code(body["cmd"]) - deps)
         if lacking:
             missing[name] = lacking
     assert not missing, f"dvc.yaml deps lack imported code: {missing}"
