@@ -6,7 +6,9 @@ from pathlib import Path
 
 from memqa.eq import SPLITS, relations
 from memqa.errors import MemqaError
+from memqa.io import read_jsonl
 
+RERUN_DOWNLOAD = "rerun `dvc repro download`"
 TEXT_FIELDS = ("fact_id", "relation", "split", "domain", "subject", "question")
 
 
@@ -30,6 +32,12 @@ def _row_problem(row: dict) -> str | None:
     if "level" in row and (not isinstance(row["level"], int) or isinstance(row["level"], bool) or row["level"] < 0):
         return f"level {row['level']!r} is not a memory level (0, 1, ...)"
     return None
+
+
+def read_facts(path: str | Path, fix: str = RERUN_DOWNLOAD, allow_empty: bool = False) -> list[dict]:
+    """The rows of a facts file (the facts table, a training or test set), whole and well-formed; else one line
+    naming the file (and the bad line) and `fix`."""
+    return check_facts(read_jsonl(path, fix), path, fix, allow_empty)
 
 
 def check_facts(rows: list[dict], path: str | Path, fix: str, allow_empty: bool = False) -> list[dict]:

@@ -18,16 +18,10 @@ from memqa.distributed import is_main_process, relaunch
 from memqa.environment import with_versions
 from memqa.errors import MemqaError
 from memqa.evaluation import drop_scratch_weights, evaluate_cell
-from memqa.facts import check_facts
-from memqa.io import json_text, jsonl_text, read_jsonl, write_all
+from memqa.facts import read_facts
+from memqa.io import json_text, jsonl_text, write_all
 from memqa.memory import n_levels
 from memqa.options import SIZE, model_option, params_option
-
-
-def test_facts(model_name: str, domain: str) -> list[dict]:
-    fix = f"rerun `dvc repro split@{model_name}`"
-    path = paths.test_set(model_name, domain)
-    return check_facts(read_jsonl(path, fix), path, fix, allow_empty=True)
 
 
 @click.command("evaluate")
@@ -54,7 +48,9 @@ def main(model_name: str, base: bool, level: int | None, size: str | None, seed:
         raise MemqaError("--level needs --size and --seed too")
     params = load_params(params_file)
     cell = "base" if base else paths.cell_name(level, size, seed)
-    facts = [f for domain in DOMAINS for f in test_facts(model_name, domain)]  # checked before any model loads
+    fix = f"rerun `dvc repro split@{model_name}`"
+    facts = [f for domain in DOMAINS  # checked before any model loads
+             for f in read_facts(paths.test_set(model_name, domain), fix, allow_empty=True)]
     code = relaunch(sys.argv)  # $MEMQA_ACCELERATE: this command again, under `accelerate launch`
     if code is not None:
         raise SystemExit(code)

@@ -19,12 +19,10 @@ from memqa import paths
 from memqa.config import load_params, model_spec, section
 from memqa.distributed import is_main_process, relaunch
 from memqa.environment import with_versions
-from memqa.facts import check_facts
-from memqa.io import json_text, jsonl_text, read_jsonl, write_all
+from memqa.facts import read_facts
+from memqa.io import json_text, jsonl_text, write_all
 from memqa.options import model_option, params_option
 from memqa.probing import run_probe
-
-FACTS_FIX = "rerun `dvc repro download`"
 
 
 @click.command("probe")
@@ -49,7 +47,7 @@ def main(model_name: str, params_file: str, facts_path: Path, cache_root: Path) 
     params = load_params(params_file)
     conf = section(params, "probe")
     model_spec(params, model_name)
-    facts = check_facts(read_jsonl(facts_path, FACTS_FIX), facts_path, FACTS_FIX)  # before any model loads
+    facts = read_facts(facts_path)  # checked before any model loads
     code = relaunch(sys.argv)  # $MEMQA_ACCELERATE: this command again, under `accelerate launch`
     if code is not None:
         raise SystemExit(code)

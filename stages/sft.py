@@ -15,8 +15,8 @@ from memqa import paths
 from memqa.config import load_params, section
 from memqa.distributed import is_main_process, relaunch
 from memqa.environment import with_versions
-from memqa.facts import check_facts
-from memqa.io import read_jsonl, write_json
+from memqa.facts import read_facts
+from memqa.io import write_json
 from memqa.options import SIZE, model_option, params_option
 from memqa.training import fine_tune
 
@@ -42,8 +42,7 @@ def main(model_name: str, level: int, size: str, seed: int, params_file: str) ->
     conf = section(load_params(params_file), "sft")
     cell = paths.cell_name(level, size, seed)
     fix = f"rerun `dvc repro split@{model_name}` (split.levels/sizes/seeds must hold this cell)"
-    train_path = paths.train_set(model_name, cell)
-    facts = check_facts(read_jsonl(train_path, fix), train_path, fix, allow_empty=True)  # before any model loads
+    facts = read_facts(paths.train_set(model_name, cell), fix, allow_empty=True)  # before any model loads
     code = relaunch(sys.argv)  # $MEMQA_ACCELERATE: this command again, under `accelerate launch`
     if code is not None:
         raise SystemExit(code)

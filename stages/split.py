@@ -11,7 +11,7 @@ import click
 from memqa import paths
 from memqa.config import load_params, section
 from memqa.environment import with_versions
-from memqa.facts import check_facts
+from memqa.facts import read_facts
 from memqa.io import json_text, jsonl_text, read_jsonl, write_all
 from memqa.options import model_option, params_option
 from memqa.splits import build_splits
@@ -30,7 +30,7 @@ def main(model_name: str, params_file: str, facts_path: Path) -> None:
     """
     params = load_params(params_file)
     scores_path = paths.scores(model_name)
-    facts = check_facts(read_jsonl(facts_path), facts_path, "rerun `dvc repro download`")
+    facts = read_facts(facts_path)
     scores = read_jsonl(scores_path, f"rerun `dvc repro probe@{model_name}`")
     train_sets, tests, metrics = build_splits(section(params, "split"), facts, scores,
                                               section(params, "probe")["level_bounds"], str(scores_path))
