@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import click
 
-from memqa.config import PARAMS_FILE, load_params
+from memqa.config import PARAMS_FILE, load_params, read_reference
 from memqa.distributed import relaunch_command
-from memqa.io import read_yaml
 
 
 @click.command("check")
@@ -25,7 +24,7 @@ from memqa.io import read_yaml
 def command(params_file: str, quiet: bool) -> None:
     """Check params.yaml (schema, model names, the report's reference file) and $MEMQA_ACCELERATE."""
     params = load_params(params_file)
-    read_yaml(params["report"]["reference"], "set report.reference to memqa/resources/published-results.yaml")
+    read_reference(params["report"]["reference"])
     relaunch_command(["check"])  # splits $MEMQA_ACCELERATE, so an unclosed quote fails here, not mid-pipeline
     split = params["split"]
     cells = len(params["models"]) * len(split["levels"]) * len(split["sizes"]) * len(split["seeds"])

@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from memqa.errors import MemqaError
+from memqa.io import read_yaml
 from memqa.paths import TEMPLATES_FILE
 
 PARAMS_FILE = "params.yaml"
@@ -175,6 +176,12 @@ def check_name(name: str, what: str) -> str:
 def max_templates() -> int:
     """The fewest templates any relation has in the templates file: the most probe.templates may ask for."""
     return min(len(items) for items in yaml.safe_load(TEMPLATES_FILE.read_text()).values())
+
+
+def read_reference(path: str | Path) -> dict:
+    """The published-results file report.reference names, as a mapping; else one line naming the fix."""
+    return read_yaml(path, "set report.reference to the published-results file "
+                           "(memqa/resources/published-results.yaml)")
 
 
 def _allowed_keys(loc: tuple) -> list[str]:

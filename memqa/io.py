@@ -157,18 +157,22 @@ def read_json(path: str | Path) -> Any:
         raise MemqaError(f"{path} is not valid JSON (line {err.lineno}: {err.msg}): {REMAKE}") from None
 
 
-def read_yaml(path: str | Path, fix: str) -> Any:
-    """A YAML file's data (plain YAML only: a `!tag` is refused); one line naming the file and `fix` otherwise."""
+def read_yaml(path: str | Path, fix: str) -> dict:
+    """A YAML file's mapping ({} when empty; plain YAML only: a `!tag` is refused); one line naming the file and
+    `fix` when it is missing, not YAML, or not a mapping."""
     import yaml
 
     path = Path(path)
     if not path.is_file():
         raise MemqaError(f"{path} not found: {fix}")
     try:
-        return yaml.safe_load(_read_text(path))
+        data = yaml.safe_load(_read_text(path))
     except yaml.YAMLError as err:
         first = " ".join(str(err).split())[:160]
         raise MemqaError(f"{path} is not plain YAML ({first}): {fix}") from None
+    if data is not None and not isinstance(data, dict):
+        raise MemqaError(f"{path} must be a mapping (key: value lines), not a {type(data).__name__}: {fix}")
+    return data or {}
 
 
 def sha256_of(path: Path) -> str:

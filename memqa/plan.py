@@ -103,7 +103,7 @@ def load_plan_params(params_file: str | Path = PARAMS_FILE, preset: str | Path |
     path = Path(params_file)
     if not path.is_file():
         raise MemqaError(f"{path} not found: run from the repository root or pass --params")
-    params = read_yaml(path, "fix its syntax") or {}
+    params = read_yaml(path, "fix its syntax")
     overrides = [*(preset_overrides(preset) if preset else []), *sets]
     for item in overrides:
         apply_override(params, item)

@@ -10,10 +10,9 @@ from pathlib import Path
 import click
 
 from memqa import paths
-from memqa.config import load_params, section
-from memqa.errors import MemqaError
+from memqa.config import load_params, read_reference, section
 from memqa.grid import read_grid
-from memqa.io import atomic_write_text, read_json, read_yaml
+from memqa.io import atomic_write_text, read_json
 from memqa.options import params_option
 from memqa.report import build_report
 
@@ -24,12 +23,7 @@ from memqa.report import build_report
 def main(params_file: str, out_path: Path) -> None:
     """Write REPORT.md: verdict table, run description, level distributions, grid, figures, published side-by-side."""
     params = load_params(params_file)
-    reference_path = section(params, "report")["reference"]
-    reference = read_yaml(reference_path, "set report.reference to the published-results file "
-                                          "(memqa/resources/published-results.yaml)")
-    if not isinstance(reference, dict):
-        raise MemqaError(f"{reference_path} must be a mapping like memqa/resources/published-results.yaml: "
-                         "fix report.reference")
+    reference = read_reference(section(params, "report")["reference"])
     text = build_report(params, read_grid(paths.GRID), read_json(paths.METRICS / "verdicts.json"), paths.METRICS,
                         paths.PLOTS, reference, paths.BENCHMARK_RESULTS)
     atomic_write_text(out_path, text)
