@@ -382,7 +382,9 @@ def probe_sharded(model, tokenizer, facts: list[dict], conf: dict, shard_dir: Pa
     method = method or conf["method"]
     shard_dir.mkdir(parents=True, exist_ok=True)
     plan = shard_plan(facts, int(conf["chunk_size"]))
-    reused = {name for name, rows in plan if _whole_shard(shard_dir / f"{name}.jsonl", rows) is not None}
+    # the shards already whole on disk, verified and read once: their rows are reused below
+    reused = {name: whole for name, rows in plan
+              if (whole := _whole_shard(shard_dir / f"{name}.jsonl", rows)) is not None}
     state.wait_for_everyone()  # all have looked before any writes, so all count the same shards as reused
     mine = [plan[i] for i in my_share(len(plan), state)]
     total = sum(len(rows) for _, rows in mine)
@@ -400,7 +402,7 @@ def probe_sharded(model, tokenizer, facts: list[dict], conf: dict, shard_dir: Pa
     state.wait_for_everyone()  # every shard of the plan is on disk
     results: list[dict] = []
     for name, rows in plan:
-        scored = _whole_shard(shard_dir / f"{name}.jsonl", rows)
+        scored = reused[name] if name in reused else _whole_shard(shard_dir / f"{name}.jsonl", rows)
         if scored is None:  # written by this run, so a process or the disk failed after the barrier
             raise MemqaError(f"probe shard {shard_dir / name}.jsonl is incomplete after scoring: check free disk "
                              "space, then rerun (finished shards are kept)")
