@@ -13,7 +13,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from memqa.errors import MemqaError
 from memqa.io import read_yaml
@@ -22,11 +31,23 @@ from memqa.paths import TEMPLATES_FILE
 PARAMS_FILE = "params.yaml"
 DTYPE = Literal["bfloat16", "float32", "float16"]
 MATCHER = Literal["contains", "token_sequence"]
-_UNION_TAG = re.compile(r"constrained-\w+|literal\[.*\]|function-\w+\[.*\]|int|float|str|bool|none")
+_UNION_TAG = re.compile(r"constrained-\w+|literal\[.*\]|function-\w+\[.*\]|int|float|str|bool|none|\[key\]")
 _FLOAT_TEXT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 # A model name becomes a folder (data/models/<name>) and a word of a DVC command: letters, digits, '.', '_', '-'
 # only, not starting with '.' or '-' (so no '..', no hidden folder, no option), at most 100 characters.
 SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,99}")
+
+
+def check_name(name: str, what: str) -> str:
+    """name, if it is safe as a folder name and a shell word; else a ValueError saying what is allowed."""
+    if not isinstance(name, str) or not SAFE_NAME.fullmatch(name) or ".." in name:
+        raise ValueError(f"{what} may hold only letters, digits, '.', '_' and '-' (no '..', not starting with "
+                         f"'.' or '-', at most 100 characters): rename {name!r}")
+    return name
+
+
+def _model_name(name: str) -> str:
+    return check_name(name, "a model name")
 
 
 def _yaml_float(value: Any) -> Any:
@@ -37,6 +58,7 @@ def _yaml_float(value: Any) -> Any:
 # inf and nan are not numbers a knob can take (`temperature: .inf` once passed)
 Float = Annotated[float, BeforeValidator(_yaml_float), Field(allow_inf_nan=False)]
 Count = Annotated[int, Field(ge=1)]
+ModelName = Annotated[str, AfterValidator(_model_name)]  # checked key by key: the error names the key
 
 
 class Section(BaseModel):
@@ -140,20 +162,13 @@ class Report(Section):
 
 class Params(Section):
     download: Download
-    models: dict[str, ModelSpec] = Field(min_length=1)
+    models: dict[ModelName, ModelSpec] = Field(min_length=1)
     probe: Probe
     split: Split
     sft: Sft
     evaluate: Evaluate
     plot: Plot = Plot()
     report: Report
-
-    @field_validator("models")
-    @classmethod
-    def _safe_model_names(cls, models: dict[str, ModelSpec]) -> dict[str, ModelSpec]:
-        for name in models:
-            check_name(name, "a model name")
-        return models
 
     @model_validator(mode="after")
     def _levels_exist(self) -> Params:
@@ -162,14 +177,6 @@ class Params(Section):
             if level >= n_levels:
                 raise ValueError(f"split.levels holds {level}, but probe.level_bounds gives levels 0..{n_levels - 1}")
         return self
-
-
-def check_name(name: str, what: str) -> str:
-    """name, if it is safe as a folder name and a shell word; else a ValueError saying what is allowed."""
-    if not isinstance(name, str) or not SAFE_NAME.fullmatch(name) or ".." in name:
-        raise ValueError(f"{what} may hold only letters, digits, '.', '_' and '-' (no '..', not starting with "
-                         f"'.' or '-', at most 100 characters): rename {name!r}")
-    return name
 
 
 @cache
@@ -208,8 +215,6 @@ def _one_line(error: dict, path: Path) -> str:
     if error["type"] == "missing":
         return f"{path} lacks '{where}': add it (see the README's params table)"
     message = error["msg"].removeprefix("Value error, ")
-    if isinstance(error.get("input"), dict):  # a whole section: the message names the part at fault
-        return f"{path}: '{where}' is invalid: {message}"
     if error["loc"]:
         return f"{path}: '{where}' = {error.get('input')!r} is invalid ({message}): fix it"
     return f"{path}: {message}: fix it"
