@@ -9,15 +9,13 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
 
 from memqa.errors import MemqaError
 from memqa.io import sha256_of
+from memqa.model_files import LOAD_ERRORS, broken_file, check_gguf, first_line, readable_model, remake_hint
 
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
 PACKAGED_GGUF = {
@@ -27,10 +25,6 @@ PACKAGED_GGUF = {
 }
 HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 SFT_METHODS = ("qlora", "lora", "full")
-# What from_pretrained raises on a model file that is not what its name says: SafetensorError (bad header, cut
-# short), ValueError (not GGUF; UnicodeDecodeError and JSONDecodeError from a garbage JSON), OSError (missing,
-# unreadable, or a config that is not JSON).
-LOAD_ERRORS = (OSError, ValueError, SafetensorError)
 # Stamped by save_pretrained into these files: the installed version, not the model, so two clones with
 # different transformers releases would otherwise write different bytes (and DVC hashes) for the same weights.
 VERSION_STAMPED = ("config.json", "generation_config.json")
@@ -90,82 +84,6 @@ def resolve_source(source: str, workdir: Path) -> tuple[str, str | None, dict]:
                      "'package:<name>' or a Hub id like org/model")
 
 
-def check_gguf(path: Path) -> None:
-    """An empty or non-GGUF file fails here by name; the GGUF reader would say 'cannot mmap' or worse."""
-    with path.open("rb") as handle:
-        magic = handle.read(4)
-    if magic != b"GGUF":
-        what = "is empty" if not magic else "is not a GGUF file (it does not start with the GGUF magic bytes)"
-        raise MemqaError(f"{path} {what}: download the .gguf again, or point models.<name>.source at a real one")
-
-
-def safetensors_problem(path: Path) -> str | None:
-    """Why path is not a whole safetensors file, or None. Reads only the header: an 8-byte length, that many
-    bytes of JSON, then exactly the tensor bytes the JSON describes."""
-    size = path.stat().st_size
-    if size == 0:
-        return "is empty"
-    not_safetensors = "is not a safetensors file (no valid header)"
-    with path.open("rb") as handle:
-        length = int.from_bytes(handle.read(8), "little")
-        if size < 8 or length > size - 8:
-            return not_safetensors
-        try:
-            header = json.loads(handle.read(length))
-            end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
-        except (ValueError, TypeError, KeyError, IndexError, AttributeError):
-            return not_safetensors
-    if 8 + length + end != size:
-        return f"is cut short or padded ({size:,} bytes where its header describes {8 + length + end:,})"
-    return None
-
-
-def json_problem(path: Path) -> str | None:
-    try:
-        json.loads(path.read_bytes())
-    except UnicodeDecodeError:
-        return "is not JSON (not even UTF-8 text)"
-    except json.JSONDecodeError as err:
-        return f"is not valid JSON ({err.msg} at line {err.lineno})"
-    return None
-
-
-def broken_file(folder: Path) -> str | None:
-    """'<file> <why>' for the first weight or JSON file in a model folder that is garbage, else None. The JSON
-    files (a tokenizer.json is tens of MB) are parsed whole, so this runs only after a load has failed."""
-    for path in sorted(folder.glob("*.safetensors")):
-        if problem := safetensors_problem(path):
-            return f"{path} {problem}"
-    for path in sorted(folder.glob("*.json")):
-        if problem := json_problem(path):
-            return f"{path} {problem}"
-    return None
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
-
-
-def remake_hint(folder: Path) -> str:
-    """How to rebuild a model folder the pipeline wrote: data/models/<name> comes from materialize@<name>."""
-    folder = Path(folder)
-    if folder.parent.name == "models":
-        return (f"rebuild it with `dvc repro materialize@{folder.name}` "
-                f"(or python stages/materialize.py --model {folder.name})")
-    return "run the stage that wrote it again (dvc repro)"
-
-
-@contextmanager
-def readable_model(folder: Path, fix: str) -> Iterator[None]:
-    """A garbage file under a from_pretrained call becomes one line naming the file and the fix."""
-    try:
-        yield
-    except LOAD_ERRORS as err:
-        what = broken_file(folder) if folder.is_dir() else None
-        raise MemqaError(f"{what or f'cannot load the model in {folder} ({_first_line(err)})'}: {fix}") from err
-
-
 def weights_sha256(folder: Path) -> str:
     """One digest over a model folder's weight files (name and content), so retrained weights get a new key."""
     digest = hashlib.sha256()
@@ -190,7 +108,7 @@ def _load_source(source: str, location: str, gguf_file: str | None, provenance: 
         model = AutoModelForCausalLM.from_pretrained(location, dtype=torch_dtype(dtype), **kwargs)
     except LOAD_ERRORS as err:
         if provenance["kind"] == "hub" and isinstance(err, OSError):
-            raise MemqaError(f"cannot fetch '{source}' from the Hugging Face Hub ({_first_line(err)})"
+            raise MemqaError(f"cannot fetch '{source}' from the Hugging Face Hub ({first_line(err)})"
                              ": offline, use a local folder or a packaged GGUF as models.<name>.source") from err
         raise _unloadable(source, location, gguf_file, provenance, err) from err
     return tokenizer, model
@@ -199,14 +117,14 @@ def _load_source(source: str, location: str, gguf_file: str | None, provenance: 
 def _unloadable(source: str, location: str, gguf_file: str | None, provenance: dict, err: BaseException):
     """The one line for a source whose files the loader rejects: which file, why, and what to do."""
     if gguf_file:
-        return MemqaError(f"{Path(location) / gguf_file} is not a readable GGUF file ({_first_line(err)}): "
+        return MemqaError(f"{Path(location) / gguf_file} is not a readable GGUF file ({first_line(err)}): "
                           "download the .gguf again, then rerun materialize")
     # Only a model folder is ours to diagnose file by file.
     broken = broken_file(Path(location)) if provenance["kind"] == "local-dir" else None
     if broken:
         return MemqaError(f"{broken}: replace it with the model's real file (copy the folder or save_pretrained "
                           "it again), then rerun materialize")
-    return MemqaError(f"cannot load model from {source} ({_first_line(err)}): check the source, then rerun "
+    return MemqaError(f"cannot load model from {source} ({first_line(err)}): check the source, then rerun "
                       "materialize")
 
 
