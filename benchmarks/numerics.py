@@ -23,15 +23,16 @@ import json
 import platform
 import time
 from pathlib import Path
+from typing import get_args
 
 import torch
 
-from memqa.config import load_params
+from memqa.config import PROBE_METHOD, load_params
 from memqa.evaluation import predict
 from memqa.io import read_jsonl
-from memqa.memory import add_levels, n_levels, probe_group
+from memqa.memory import add_levels, probe_group
 from memqa.models import load_model
-from memqa.probing import score_facts
+from memqa.probe import score_facts
 from memqa.splits import balanced_sample
 
 
@@ -39,7 +40,7 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="gemma3-270m")
     parser.add_argument("--facts", type=int, default=100, help="train facts probed and test facts evaluated")
-    parser.add_argument("--method", default="likelihood")
+    parser.add_argument("--method", default="likelihood", choices=get_args(PROBE_METHOD))
     parser.add_argument("--batch", type=int, default=0, help="probe batch size (0: params.yaml's)")
     parser.add_argument("--dtypes", nargs="*", default=["float32", "bfloat16"])
     parser.add_argument("--seed", type=int, default=0)
@@ -49,14 +50,14 @@ def parse_args() -> argparse.Namespace:
 
 def probe_rows(model, tokenizer, facts, conf, batch):
     started = time.time()
-    rows = score_facts(model, tokenizer, facts, {**conf, "batch_size": batch}, conf["method"], seed=int(conf["seed"]))
+    rows = score_facts(model, tokenizer, facts, conf.model_copy(update={"batch_size": batch}), conf.method, conf.seed)
     add_levels(rows, conf)
     return rows, time.time() - started
 
 
 def eval_rows(model, tokenizer, facts, conf, batch):
     started = time.time()
-    rows = predict(model, tokenizer, [{**f, "level": 0} for f in facts], {**conf, "batch_size": batch})
+    rows = predict(model, tokenizer, [{**f, "level": 0} for f in facts], conf.model_copy(update={"batch_size": batch}))
     return rows, time.time() - started
 
 
@@ -75,27 +76,27 @@ def compare_answers(a: list[dict], b: list[dict]) -> dict:
 def main() -> None:
     args = parse_args()
     params = load_params()
-    probe = {**params["probe"], "method": args.method}
-    evaluate = params["evaluate"]
+    probe = params.probe.model_copy(update={"method": args.method})
+    evaluate = params.evaluate
     facts = read_jsonl("data/facts.jsonl")
     train = balanced_sample([f for f in facts if probe_group(f) == "train"], args.facts, args.seed)
     test = balanced_sample([f for f in facts if f["split"] == "test"], args.facts, args.seed)
-    probe_batch = args.batch or int(probe["batch_size"])
+    probe_batch = args.batch or probe.batch_size
     result = {"model": args.model, "method": args.method, "facts": args.facts, "probe_batch": probe_batch,
-              "eval_batch": int(evaluate["batch_size"]), "threads": torch.get_num_threads(),
+              "eval_batch": evaluate.batch_size, "threads": torch.get_num_threads(),
               "torch": torch.__version__, "machine": platform.processor() or platform.machine(), "dtypes": {}}
     kept = {}
     for dtype in args.dtypes:
         model, tokenizer = load_model(Path("data/models") / args.model, dtype)
         batched, t_batched = probe_rows(model, tokenizer, train, probe, probe_batch)
         alone, t_alone = probe_rows(model, tokenizer, train, probe, 1)
-        answers, e_batched = eval_rows(model, tokenizer, test, evaluate, int(evaluate["batch_size"]))
+        answers, e_batched = eval_rows(model, tokenizer, test, evaluate, evaluate.batch_size)
         answers_alone, e_alone = eval_rows(model, tokenizer, test, evaluate, 1)
         kept[dtype] = (batched, answers)
         result["dtypes"][dtype] = {
             "probe_batch_vs_alone": compare_probe(batched, alone),
             "probe_wall_s": {"batched": round(t_batched, 1), "alone": round(t_alone, 1)},
-            "levels_batched": [sum(r["level"] == lv for r in batched) for lv in range(n_levels(probe["level_bounds"]))],
+            "levels_batched": [sum(r["level"] == lv for r in batched) for lv in range(probe.n_levels)],
             "eval_batch_vs_alone": compare_answers(answers, answers_alone),
             "eval_wall_s": {"batched": round(e_batched, 1), "alone": round(e_alone, 1)},
         }

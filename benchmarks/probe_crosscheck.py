@@ -20,7 +20,7 @@
    a * s^g, or isotonic regression), the one kept being the best by 5-fold cross-validated kappa within
    FIT; on the REPORT half only: Spearman of the raw scores, Cohen's kappa of the levels (bounds .25/.5/.75),
    the confusion matrix, agreement per relation; and the cost (wall time, forward tokens, output-layer rows,
-   GFLOPs, measured by memqa.engine.ComputeMeter) relative to sampling. Writes
+   GFLOPs, measured by memqa.meter.ComputeMeter) relative to sampling. Writes
    benchmarks/results/probe_crosscheck-<model>.json (facts, sampled completions, every score, the analysis)
    and benchmarks/results/probe_crosscheck-<model>.png (each estimator against sampling's R).
 """
@@ -35,20 +35,22 @@ import random
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from memqa.config import load_params
-from memqa.engine import ComputeMeter
+from memqa.config import Probe, load_params, with_preset
 from memqa.io import read_jsonl
 from memqa.memory import memory_level, probe_group, resolution
+from memqa.meter import ComputeMeter
 from memqa.models import load_model
-from memqa.probing import score_facts
-from memqa.stats import CONFIDENCE
+from memqa.paths import PAPER_PRESET
+from memqa.probe import score_facts, weights_digest
+from memqa.stats import CONFIDENCE, cohen_kappa, spearman
 
-PAPER = {"templates": 21, "samples": 10, "temperature": 0.7, "max_new_tokens": 32, "matcher": "contains"}
+PROTOCOL = ("templates", "samples", "temperature", "max_new_tokens", "matcher")  # the paper's, from PAPER_PRESET
 RUNS = {  # cached run -> (probe.method, probe params it changes)
     "sample": ("sample", {"save_completions": True}),
     "likelihood": ("likelihood", {}),
@@ -66,6 +68,7 @@ ESTIMATORS = {  # estimator -> the runs whose scores it averages and whose costs
 }
 STRATA = 10
 CALIBRATIONS = ("threshold", "power", "isotonic")  # each with the level-0 threshold fitted; ties: the simplest
+LEVELS = range(5)  # the levels of the bounds .25/.5/.75 (probe.level_bounds of the setup)
 
 
 def parse_args() -> argparse.Namespace:
@@ -106,7 +109,7 @@ def chunk_seed(seed: int, run: str, chunk: int) -> int:
     return int(hashlib.sha256(f"{seed}/{run}/{chunk}".encode()).hexdigest()[:8], 16)
 
 
-def score_pool(model, tokenizer, facts: list[dict], conf: dict, args, cache: Path) -> dict[str, float]:
+def score_pool(model, tokenizer, facts: list[dict], conf: Probe, args, cache: Path) -> dict[str, float]:
     """Likelihood scores of a seeded pool of in-domain train facts, equally many per relation."""
     rng = random.Random(args.seed)
     by_relation: dict[str, list[dict]] = {}
@@ -120,7 +123,7 @@ def score_pool(model, tokenizer, facts: list[dict], conf: dict, args, cache: Pat
         pool += [rows[k] for _, rows in sorted(by_relation.items()) if k < len(rows)]
         k += 1
     pool = pool[:args.pool]
-    path = cache / f"pool-{digest([[f['fact_id'] for f in pool], conf])}.json"
+    path = cache / f"pool-{digest([[f['fact_id'] for f in pool], conf.model_dump()])}.json"
     if path.is_file():
         return json.loads(path.read_text())
     started = time.time()
@@ -149,7 +152,7 @@ def select(pool: dict[str, float], n: int, seed: int) -> list[dict]:
     return order
 
 
-def run_chunks(model, tokenizer, chosen: list[dict], facts: dict[str, dict], conf: dict, args, cache: Path) -> None:
+def run_chunks(model, tokenizer, chosen: list[dict], facts: dict[str, dict], conf: Probe, args, cache: Path) -> None:
     chunks = [chosen[i:i + args.chunk] for i in range(0, len(chosen), args.chunk)]
     limit = len(chunks) if not args.stop_after else -(-args.stop_after // args.chunk)
     for c, chunk in enumerate(chunks[:limit]):
@@ -161,7 +164,8 @@ def run_chunks(model, tokenizer, chosen: list[dict], facts: dict[str, dict], con
             path.parent.mkdir(parents=True, exist_ok=True)
             started = time.time()
             with ComputeMeter(model) as meter:
-                scored = score_facts(model, tokenizer, rows, {**conf, **extra}, method, chunk_seed(args.seed, run, c))
+                scored = score_facts(model, tokenizer, rows, conf.model_copy(update=extra), method,
+                                     chunk_seed(args.seed, run, c))
             wall = time.time() - started
             tmp = path.with_suffix(".tmp")
             tmp.write_text(json.dumps({"facts": [x["fact_id"] for x in chunk], "rows": scored, "wall_s": wall,
@@ -228,12 +232,12 @@ def fit_calibration(kind: str, scores: np.ndarray, target: np.ndarray):
     return lambda s: iso.predict(np.asarray(s, dtype=float))
 
 
-def fit_levels(kind: str, scores: np.ndarray, target: np.ndarray, conf: dict):
+def fit_levels(kind: str, scores: np.ndarray, target: np.ndarray, conf: Probe):
     """A function score -> level fitted on (scores, sampling R): threshold for level 0, calibration for 1..4."""
-    floor = resolution(conf["templates"], conf["samples"])
+    floor = resolution(conf.templates, conf.samples)
     threshold = floor if kind == "raw" else fit_threshold(scores, target < floor)
     calibrate = fit_calibration(kind, scores, target)
-    bounds = conf["level_bounds"]
+    bounds = conf.level_bounds
 
     def levels(s: np.ndarray) -> np.ndarray:
         cal = calibrate(s)
@@ -244,18 +248,10 @@ def fit_levels(kind: str, scores: np.ndarray, target: np.ndarray, conf: dict):
 
 
 def kappa(a, b, weights=None) -> float | None:
-    from sklearn.metrics import cohen_kappa_score
-
+    """Cohen's kappa of two level labellings (memqa.stats.cohen_kappa over LEVELS); None when both are constant."""
     if len(set(a)) < 2 and len(set(b)) < 2:
         return None
-    value = cohen_kappa_score(a, b, weights=weights, labels=list(range(5)))
-    return None if value != value else round(float(value), 4)
-
-
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    from scipy.stats import spearmanr
-
-    return float(spearmanr(a, b).statistic)
+    return cohen_kappa(a, b, labels=LEVELS, weights=weights)
 
 
 def bootstrap_interval(statistic, *paired: np.ndarray, seed: int, draws: int = 1000) -> list[float] | None:
@@ -275,7 +271,7 @@ def bootstrap_interval(statistic, *paired: np.ndarray, seed: int, draws: int = 1
     return [round(float(q), 3) for q in np.quantile(values, [tail, 1 - tail])]
 
 
-def cv_kappa(kind: str, scores: np.ndarray, target: np.ndarray, truth: np.ndarray, conf: dict, seed: int) -> float:
+def cv_kappa(kind: str, scores: np.ndarray, target: np.ndarray, truth: np.ndarray, conf: Probe, seed: int) -> float:
     """5-fold cross-validated kappa within the FIT half (out-of-fold levels, one kappa over all of them)."""
     folds = np.random.default_rng(seed).permutation(len(scores)) % 5
     predicted = np.zeros(len(scores), dtype=int)
@@ -287,97 +283,123 @@ def cv_kappa(kind: str, scores: np.ndarray, target: np.ndarray, truth: np.ndarra
     return kappa(list(truth), list(predicted)) or 0.0
 
 
-def analyse(done: list[dict], facts: dict, rows: dict, cost: dict, conf: dict, seed: int) -> dict:
-    floor = resolution(conf["templates"], conf["samples"])
-    ids = [x["fact_id"] for x in done]
-    half = np.array([x["half"] for x in done])
-    fit, report = half == "fit", half == "report"
-    sample_r = np.array([rows["sample"][i]["score"] for i in ids])
-    truth = np.array([memory_level(r, conf["level_bounds"], floor) for r in sample_r])
-    relations = np.array([facts[i]["relation"] for i in ids])
-    report_sample, report_truth = sample_r[report], truth[report]
+@dataclass(frozen=True)
+class Facts:
+    """The facts done, as arrays over them: the halves, sampling's R and levels, the relations."""
+    ids: list[str]
+    fit: np.ndarray
+    report: np.ndarray
+    sample_r: np.ndarray
+    truth: np.ndarray
+    relations: np.ndarray
+
+    @classmethod
+    def of(cls, done: list[dict], facts: dict, rows: dict, conf: Probe) -> Facts:
+        floor = resolution(conf.templates, conf.samples)
+        ids = [x["fact_id"] for x in done]
+        half = np.array([x["half"] for x in done])
+        sample_r = np.array([rows["sample"][i]["score"] for i in ids])
+        return cls(ids, half == "fit", half == "report", sample_r,
+                   np.array([memory_level(r, conf.level_bounds, floor) for r in sample_r]),
+                   np.array([facts[i]["relation"] for i in ids]))
+
+
+def analyse(done: list[dict], facts: dict, rows: dict, cost: dict, conf: Probe, seed: int) -> dict:
+    """Per estimator, against sampling: correlation, levels under each calibration, cost (module docstring, 4)."""
+    data = Facts.of(done, facts, rows, conf)
+    return {name: analyse_estimator(data, np.mean([[rows[run][i]["score"] for i in data.ids] for run in runs],
+                                                  axis=0), runs, cost, conf, seed)
+            for name, runs in ESTIMATORS.items()}
+
+
+def analyse_estimator(d: Facts, score: np.ndarray, runs: tuple[str, ...], cost: dict, conf: Probe,
+                      seed: int) -> dict:
     sample_cost = cost["sample"]
-    out = {}
-    for name, runs in ESTIMATORS.items():
-        score = np.mean([[rows[run][i]["score"] for i in ids] for run in runs], axis=0)
-        spent = {key: round(sum(cost[run][key] for run in runs), 3) for key in sample_cost}
-        report_score = score[report]
-        result = {
-            "spearman_report": round(spearman(report_score, report_sample), 4),
-            "spearman_all": round(spearman(score, sample_r), 4),
-            "cost": spent,
-            "cost_vs_sample": {key: round(sample_cost[key] / spent[key], 2) if spent[key] else None
-                               for key in sample_cost},
-            "calibrations": {},
+    spent = {key: round(sum(cost[run][key] for run in runs), 3) for key in sample_cost}
+    report_score, report_sample = score[d.report], d.sample_r[d.report]
+    result = {
+        "spearman_report": spearman(report_score, report_sample),
+        "spearman_all": spearman(score, d.sample_r),
+        "cost": spent,
+        "cost_vs_sample": {key: round(sample_cost[key] / spent[key], 2) if spent[key] else None
+                           for key in sample_cost},
+        "calibrations": {},
+    }
+    result["spearman_report_ci"] = bootstrap_interval(spearman, report_score, report_sample, seed=seed)
+    fitted = {}  # calibration kind -> (REPORT levels, level-0 threshold, calibration)
+    for kind in ("raw", *CALIBRATIONS):  # raw: the pipeline's levels (threshold 1/210, no calibration)
+        levels, threshold, calibrate = fit_levels(kind, score[d.fit], d.sample_r[d.fit], conf)
+        fitted[kind] = levels(report_score), threshold, calibrate
+        result["calibrations"][kind] = calibration_result(d, score, fitted[kind], kind, conf, seed)
+    chosen = max(CALIBRATIONS, key=lambda k: result["calibrations"][k]["cv_kappa_fit"])
+    result.update(chosen_result(d, report_score, fitted[chosen], chosen, result["calibrations"][chosen]))
+    return result
+
+
+def calibration_result(d: Facts, score: np.ndarray, fitted: tuple, kind: str, conf: Probe, seed: int) -> dict:
+    """How the REPORT levels of one calibration (fitted on FIT) agree with sampling's."""
+    predicted, threshold, _ = fitted
+    report_truth = d.truth[d.report]
+    return {
+        "kappa_report_ci": bootstrap_interval(kappa, report_truth, predicted, seed=seed),
+        "level0_threshold": threshold,
+        "cv_kappa_fit": round(cv_kappa(kind, score[d.fit], d.sample_r[d.fit], d.truth[d.fit], conf, seed), 4),
+        "kappa_report": kappa(report_truth, predicted),
+        "level_agreement_report": round(float(np.mean(predicted == report_truth)), 4),
+    }
+
+
+def chosen_result(d: Facts, report_score: np.ndarray, fitted: tuple, chosen: str, calibrated: dict) -> dict:
+    """The chosen calibration's REPORT levels: kappas, confusion matrix, agreement per relation."""
+    predicted, threshold, calibrate = fitted
+    report_truth, report_sample, relations = d.truth[d.report], d.sample_r[d.report], d.relations[d.report]
+    confusion = np.zeros((len(LEVELS), len(LEVELS)), dtype=int)
+    for t, p in zip(report_truth, predicted, strict=True):
+        confusion[t, p] += 1
+    per_relation = {}
+    for relation in sorted(set(relations)):
+        mask = relations == relation
+        per_relation[relation] = {
+            "facts": int(mask.sum()),
+            "level_agreement": round(float(np.mean(predicted[mask] == report_truth[mask])), 4),
+            "mean_abs_error": round(float(np.mean(np.abs(calibrate(report_score[mask]) - report_sample[mask]))), 4),
         }
-        result["spearman_report_ci"] = bootstrap_interval(spearman, report_score, report_sample, seed=seed)
-        fitted = {}  # calibration kind -> (REPORT levels, level-0 threshold, calibration)
-        for kind in ("raw", *CALIBRATIONS):  # raw: the pipeline's levels (threshold 1/210, no calibration)
-            levels, threshold, calibrate = fit_levels(kind, score[fit], sample_r[fit], conf)
-            predicted = levels(report_score)
-            fitted[kind] = predicted, threshold, calibrate
-            result["calibrations"][kind] = {
-                "kappa_report_ci": bootstrap_interval(kappa, report_truth, predicted, seed=seed),
-                "level0_threshold": threshold,
-                "cv_kappa_fit": round(cv_kappa(kind, score[fit], sample_r[fit], truth[fit], conf, seed), 4),
-                "kappa_report": kappa(report_truth, predicted),
-                "level_agreement_report": round(float(np.mean(predicted == report_truth)), 4),
-            }
-        chosen = max(CALIBRATIONS, key=lambda k: result["calibrations"][k]["cv_kappa_fit"])
-        predicted, threshold, calibrate = fitted[chosen]
-        confusion = np.zeros((5, 5), dtype=int)
-        for t, p in zip(report_truth, predicted, strict=True):
-            confusion[t, p] += 1
-        per_relation = {}
-        for relation in sorted(set(relations[report])):
-            mask = relations[report] == relation
-            per_relation[relation] = {
-                "facts": int(mask.sum()),
-                "level_agreement": round(float(np.mean(predicted[mask] == report_truth[mask])), 4),
-                "mean_abs_error": round(float(np.mean(np.abs(calibrate(report_score[mask]) - report_sample[mask]))),
-                                        4),
-            }
-        result.update({
-            "calibration": chosen,
-            "level0_threshold": threshold,
-            "kappa_report": result["calibrations"][chosen]["kappa_report"],
-            "kappa_report_ci": result["calibrations"][chosen]["kappa_report_ci"],
-            "weighted_kappa_report": kappa(report_truth, predicted, weights="quadratic"),
-            "level_agreement_report": result["calibrations"][chosen]["level_agreement_report"],
-            "confusion_report": {"rows": "sampling level 0..4", "columns": "estimator level 0..4",
-                                 "counts": confusion.tolist()},
-            "per_relation_report": per_relation,
-            "levels_report": predicted.tolist(),
-        })
-        out[name] = result
-    return out
+    return {
+        "calibration": chosen,
+        "level0_threshold": threshold,
+        "kappa_report": calibrated["kappa_report"],
+        "kappa_report_ci": calibrated["kappa_report_ci"],
+        "weighted_kappa_report": kappa(report_truth, predicted, weights="quadratic"),
+        "level_agreement_report": calibrated["level_agreement_report"],
+        "confusion_report": {"rows": "sampling level 0..4", "columns": "estimator level 0..4",
+                             "counts": confusion.tolist()},
+        "per_relation_report": per_relation,
+        "levels_report": predicted.tolist(),
+    }
 
 
-def noise_ceiling(done: list[dict], rows: dict, conf: dict, seed: int, draws: int = 200) -> dict:
+def noise_ceiling(done: list[dict], rows: dict, conf: Probe, seed: int, draws: int = 200) -> dict:
     """Kappa of sampling's levels with a simulated second sampling run (each template's rate taken as its
     observed share of correct samples): roughly the best any estimator can reach against one sampling run.
     spearman_ceiling_report: the Spearman of R with a continuous score that orders the facts exactly as R
     does but breaks R's ties (most facts have R = 0) at random, the most a continuous score can reach."""
     rng = np.random.default_rng(seed)
-    floor = resolution(conf["templates"], conf["samples"])
+    floor = resolution(conf.templates, conf.samples)
     report = [x["fact_id"] for x in done if x["half"] == "report"]
     correct = np.array([rows["sample"][i]["template_correct"] for i in report])
-    truth = [memory_level(rows["sample"][i]["score"], conf["level_bounds"], floor) for i in report]
+    truth = [memory_level(rows["sample"][i]["score"], conf.level_bounds, floor) for i in report]
     values = []
     for _ in range(draws):
-        again = rng.binomial(conf["samples"], correct / conf["samples"]).sum(axis=1) / (conf["templates"] *
-                                                                                       conf["samples"])
-        values.append(kappa(truth, [memory_level(r, conf["level_bounds"], floor) for r in again]) or 0.0)
-    from scipy.stats import spearmanr
-
+        again = rng.binomial(conf.samples, correct / conf.samples).sum(axis=1) / (conf.templates * conf.samples)
+        values.append(kappa(truth, [memory_level(r, conf.level_bounds, floor) for r in again]) or 0.0)
     r = np.array([rows["sample"][i]["score"] for i in report])
-    ceiling = [spearmanr(r, r + rng.random(len(r)) * 1e-9).statistic for _ in range(draws)]
+    ceiling = [spearman(r, r + rng.random(len(r)) * 1e-9) for _ in range(draws)]
     return {"kappa_median": round(float(np.median(values)), 4), "kappa_p05": round(float(np.percentile(values, 5)), 4),
             "kappa_p95": round(float(np.percentile(values, 95)), 4), "draws": draws,
             "spearman_ceiling_report": round(float(np.mean(ceiling)), 4)}
 
 
-def plot(path: Path, done: list[dict], rows: dict, analysis: dict, conf: dict, model: str) -> None:
+def plot(path: Path, done: list[dict], rows: dict, analysis: dict, conf: Probe, model: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -393,7 +415,7 @@ def plot(path: Path, done: list[dict], rows: dict, analysis: dict, conf: dict, m
         ax.scatter(score[~fit], sample_r[~fit], s=18, color="tab:orange", label="report half")
         result = analysis[name]
         ax.axvline(result["level0_threshold"], color="grey", ls=":", lw=1, label="level-0 threshold (fit)")
-        for bound in conf["level_bounds"]:
+        for bound in conf.level_bounds:
             ax.axhline(bound, color="lightgrey", lw=0.8)
         ax.plot([1e-7, 1], [1e-7, 1], color="black", lw=0.6, ls="--")
         ax.set_xscale("log")
@@ -402,12 +424,96 @@ def plot(path: Path, done: list[dict], rows: dict, analysis: dict, conf: dict, m
         cost = result["cost_vs_sample"]["gflops"]
         ax.set_title(f"{name}\nrho {result['spearman_report']}, kappa {result['kappa_report']} "
                      f"({result['calibration']}), {cost}x cheaper", fontsize=9)
-    axes[0].set_ylabel("sampling R (21 x 10, T 0.7, 32 tokens)")
+    axes[0].set_ylabel(f"sampling R ({conf.templates} x {conf.samples}, T {conf.temperature}, "
+                       f"{conf.max_new_tokens} tokens)")
     axes[0].legend(fontsize=7, loc="upper left")
     fig.suptitle(f"{model}: cheap estimators vs the paper's sampling protocol ({len(ids)} facts)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def paper_conf(dtype: str | None) -> dict:
+    """params.yaml's probe section with the paper's protocol (PROTOCOL, from presets/paper.args), completions not
+    saved; dtype None: params.yaml's."""
+    params = load_params()
+    paper = with_preset(params, PAPER_PRESET).probe
+    return {**params.probe.model_dump(), **{key: getattr(paper, key) for key in PROTOCOL},
+            "dtype": dtype or params.probe.dtype, "save_completions": False}
+
+
+class Setup:
+    """The first run's probe params and pool (facts and likelihood scores), kept in setup_path, so a resumed run
+    or a later analysis is not moved by edits to params.yaml or a regenerated data/facts.jsonl; the model is
+    loaded when first needed."""
+
+    def __init__(self, args, model_dir: Path, root: Path) -> None:
+        self.model_dir, self._model = model_dir, None
+        path = root / f"setup-seed{args.seed}-pool{args.pool}-{args.dtype or 'params'}.json"
+        if path.is_file():
+            setup = json.loads(path.read_text())
+            self.raw, self.pool = setup["conf"], setup["pool"]
+            self.facts = {f["fact_id"]: f for f in setup["facts"]}
+        else:
+            self.raw = paper_conf(args.dtype)
+            all_facts = {f["fact_id"]: f for f in read_jsonl("data/facts.jsonl")}
+            self.pool = score_pool(*self.model(), list(all_facts.values()), self.conf, args, root)
+            self.facts = {i: all_facts[i] for i in self.pool}
+            path.write_text(json.dumps({"conf": self.raw, "pool": self.pool, "facts": list(self.facts.values())}))
+
+    @property
+    def conf(self) -> Probe:
+        return Probe.model_validate(self.raw)
+
+    def model(self) -> tuple:
+        if self._model is None:
+            self._model = load_model(self.model_dir, self.conf.dtype)
+        return self._model
+
+
+def result_json(args, conf: Probe, setup: Setup, done: list[dict], rows: dict, cost: dict, started: float) -> dict:
+    """Everything the run measured (module docstring): the selection, the analysis and its summary, the data."""
+    analysis = analyse(done, setup.facts, rows, cost, conf, args.seed)
+    sample = rows["sample"]
+    return {
+        "model": args.model, "dtype": conf.dtype, "threads": torch.get_num_threads(),
+        "protocol": {k: getattr(conf, k) for k in PROTOCOL} | {"level_bounds": conf.level_bounds,
+                                                              "resolution": resolution(conf.templates, conf.samples)},
+        "selection": {"pool": len(setup.pool), "strata": min(STRATA, args.facts), "asked": args.facts,
+                      "facts": len(done), "fit": sum(x["half"] == "fit" for x in done),
+                      "report": sum(x["half"] == "report" for x in done), "seed": args.seed, "chunk": args.chunk},
+        "summary": {name: summary(a) for name, a in analysis.items()},
+        "sampling_noise_ceiling": noise_ceiling(done, rows, conf, args.seed),
+        "sample_cost": cost["sample"],
+        "sample_levels_report": [memory_level(sample[x["fact_id"]]["score"], conf.level_bounds,
+                                              resolution(conf.templates, conf.samples))
+                                 for x in done if x["half"] == "report"],
+        "estimators": analysis,
+        "facts": [{**x, **{k: setup.facts[x["fact_id"]][k] for k in ("relation", "subject", "question", "answers")}}
+                  for x in done],
+        "scores": {x["fact_id"]: {"sample": sample[x["fact_id"]]["score"],
+                                  "sample_template_correct": sample[x["fact_id"]]["template_correct"],
+                                  **{run: {"score": rows[run][x["fact_id"]]["score"],
+                                           "template_prob": rows[run][x["fact_id"]]["template_prob"]}
+                                     for run in RUNS if run != "sample"}} for x in done},
+        "completions": {x["fact_id"]: sample[x["fact_id"]]["completions"] for x in done},
+        "load_avg": [round(v, 2) for v in os.getloadavg()],
+        "script_wall_s": round(time.time() - started, 1),
+    }
+
+
+def summary(a: dict) -> dict:
+    """One estimator's headline numbers (its analysis a)."""
+    return {"spearman_report": a["spearman_report"], "kappa_report": a["kappa_report"],
+            "spearman_report_ci": a["spearman_report_ci"], "kappa_report_ci": a["kappa_report_ci"],
+            "kappa_report_raw": a["calibrations"]["raw"]["kappa_report"],
+            "kappa_report_raw_ci": a["calibrations"]["raw"]["kappa_report_ci"],
+            "level0_threshold": a["level0_threshold"], "calibration": a["calibration"],
+            "weighted_kappa_report": a["weighted_kappa_report"],
+            "level_agreement_report": a["level_agreement_report"],
+            "gflops_vs_sample": a["cost_vs_sample"]["gflops"],
+            "tokens_vs_sample": a["cost_vs_sample"]["forward_tokens"],
+            "wall_vs_sample": a["cost_vs_sample"]["wall_s"]}
 
 
 def main() -> None:
@@ -416,76 +522,29 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     ensure_inputs(args.model)
     model_dir = Path(f"data/models/{args.model}")
-    model_info = json.loads((model_dir / "memqa_model.json").read_text())
     root = Path("data/cache/crosscheck") / args.model
     root.mkdir(parents=True, exist_ok=True)
-    # the first run's probe params and pool (facts and scores) are kept, so a resumed run or a later analysis
-    # is not moved by edits to params.yaml or a regenerated data/facts.jsonl
-    setup_path = root / f"setup-seed{args.seed}-pool{args.pool}-{args.dtype or 'params'}.json"
     started = time.time()
-    if setup_path.is_file():
-        setup = json.loads(setup_path.read_text())
-        conf, facts, pool = setup["conf"], {f["fact_id"]: f for f in setup["facts"]}, setup["pool"]
-        model, tokenizer = load_model(model_dir, conf["dtype"])
-    else:
-        params = load_params()["probe"]
-        conf = {**params, **PAPER, "dtype": args.dtype or params["dtype"], "save_completions": False}
-        all_facts = {f["fact_id"]: f for f in read_jsonl("data/facts.jsonl")}
-        model, tokenizer = load_model(model_dir, conf["dtype"])
-        pool = score_pool(model, tokenizer, list(all_facts.values()), conf, args, root)
-        facts = {i: all_facts[i] for i in pool}
-        setup_path.write_text(json.dumps({"conf": conf, "pool": pool, "facts": list(facts.values())}))
-    chosen = select(pool, args.facts, args.seed)
-    cache = root / digest([[x["fact_id"] for x in chosen], conf, args.chunk, args.seed,
-                           model_info.get("weights_sha256")])
+    setup = Setup(args, model_dir, root)
+    conf = setup.conf
+    chosen = select(setup.pool, args.facts, args.seed)
+    # the weight files' digest, not one recorded at materialisation (a model retrained in place is a new run)
+    weights = weights_digest(model_dir, memo=root / "weights-sha256.json")
+    cache = root / digest([[x["fact_id"] for x in chosen], setup.raw, args.chunk, args.seed, weights])
     for run in args.redo:
         for path in (cache / run).glob("*.json"):
             path.unlink()
     if not args.analyze_only:
-        run_chunks(model, tokenizer, chosen, facts, conf, args, cache)
+        run_chunks(*setup.model(), chosen, setup.facts, conf, args, cache)
     done, rows, cost = load_runs(chosen, args, cache)
     if len(done) < 4 or len({x["half"] for x in done}) < 2:
         print(f"{len(done)} facts done: too few to analyse")
         return
-    analysis = analyse(done, facts, rows, cost, conf, args.seed)
-    result = {
-        "model": args.model, "dtype": conf["dtype"], "threads": torch.get_num_threads(),
-        "protocol": {k: conf[k] for k in PAPER} | {"level_bounds": conf["level_bounds"],
-                                                   "resolution": resolution(conf["templates"], conf["samples"])},
-        "selection": {"pool": len(pool), "strata": min(STRATA, args.facts), "asked": args.facts, "facts": len(done),
-                      "fit": sum(x["half"] == "fit" for x in done),
-                      "report": sum(x["half"] == "report" for x in done), "seed": args.seed, "chunk": args.chunk},
-        "summary": {name: {"spearman_report": a["spearman_report"], "kappa_report": a["kappa_report"],
-                           "spearman_report_ci": a["spearman_report_ci"], "kappa_report_ci": a["kappa_report_ci"],
-                           "kappa_report_raw": a["calibrations"]["raw"]["kappa_report"],
-                           "kappa_report_raw_ci": a["calibrations"]["raw"]["kappa_report_ci"],
-                           "level0_threshold": a["level0_threshold"], "calibration": a["calibration"],
-                           "weighted_kappa_report": a["weighted_kappa_report"],
-                           "level_agreement_report": a["level_agreement_report"],
-                           "gflops_vs_sample": a["cost_vs_sample"]["gflops"],
-                           "tokens_vs_sample": a["cost_vs_sample"]["forward_tokens"],
-                           "wall_vs_sample": a["cost_vs_sample"]["wall_s"]} for name, a in analysis.items()},
-        "sampling_noise_ceiling": noise_ceiling(done, rows, conf, args.seed),
-        "sample_cost": cost["sample"],
-        "sample_levels_report": [memory_level(rows["sample"][x["fact_id"]]["score"], conf["level_bounds"],
-                                              resolution(conf["templates"], conf["samples"]))
-                                 for x in done if x["half"] == "report"],
-        "estimators": analysis,
-        "facts": [{**x, **{k: facts[x["fact_id"]][k] for k in ("relation", "subject", "question", "answers")}}
-                  for x in done],
-        "scores": {x["fact_id"]: {"sample": rows["sample"][x["fact_id"]]["score"],
-                                  "sample_template_correct": rows["sample"][x["fact_id"]]["template_correct"],
-                                  **{run: {"score": rows[run][x["fact_id"]]["score"],
-                                           "template_prob": rows[run][x["fact_id"]]["template_prob"]}
-                                     for run in RUNS if run != "sample"}} for x in done},
-        "completions": {x["fact_id"]: rows["sample"][x["fact_id"]]["completions"] for x in done},
-        "load_avg": [round(v, 2) for v in os.getloadavg()],
-        "script_wall_s": round(time.time() - started, 1),
-    }
+    result = result_json(args, conf, setup, done, rows, cost, started)
     out = Path(f"benchmarks/results/probe_crosscheck-{args.model}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
-    plot(out.with_suffix(".png"), done, rows, analysis, conf, args.model)
+    plot(out.with_suffix(".png"), done, rows, result["estimators"], conf, args.model)
     print(json.dumps({k: result[k] for k in ("selection", "summary", "sampling_noise_ceiling", "sample_cost")},
                      indent=1))
 

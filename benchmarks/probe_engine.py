@@ -14,7 +14,7 @@ Measures, in one run:
    (`stop_when`, the `contains` matcher) and dropping finished completions from the batch;
    engine_no_early_stop: the same without stop_when (completions end at EOS or --max-new-tokens only); the
    two must count exactly the same completions as correct (`early_stop_same_correct_counts`);
-3. likelihood: `memqa.engine.continuation_logprobs` over (prompt, " " + alias) for every gold alias.
+3. likelihood: `memqa.teacher_forcing.continuation_logprobs` over (prompt, " " + alias) for every gold alias.
 With --random-init-shape the model is a random-init Llama of that shape with EOS disabled, so completions run
 to --max-new-tokens unless they contain an alias (tokens/s counts the tokens decoded); the tokenizer (from
 --model-dir) has its ids folded into the smaller vocabulary. Writes benchmarks/results/probe_engine-<model>.json
@@ -35,12 +35,14 @@ from pathlib import Path
 import torch
 import transformers
 
-from memqa.engine import continuation_logprobs, generate, generate_ids
+from memqa.config import Download
+from memqa.engine import generate, generate_ids
 from memqa.eq import build_facts, relation_ids
 from memqa.matching import contains
 from memqa.models import contiguous_lm_head, load_model, load_tokenizer
-from memqa.probing import answer_settled
+from memqa.probe import answer_settled
 from memqa.prompts import fill, templates_for
+from memqa.teacher_forcing import continuation_logprobs
 
 SHAPES = {  # hidden, layers, heads, intermediate, vocab
     "llama-7b": (4096, 32, 32, 11008, 32000),
@@ -199,7 +201,8 @@ log(f"model {model_name}: {n_params / 1e6:.0f}M parameters on {device}")
 # --facts in-domain train facts in all, spread round-robin over the in-domain relations
 relations = relation_ids("id")
 per_relation = -(-args.facts // len(relations))
-rows, _ = build_facts(Path(args.data_root), {"train": per_relation, "dev": 0, "test": 0}, seed=args.seed)
+rows, _ = build_facts(Path(args.data_root), Download(source=args.data_root, seed=args.seed,
+                                                     per_relation={"train": per_relation, "dev": 0, "test": 0}))
 by_relation = [[f for f in rows if f["relation"] == rel] for rel in relations]
 facts = [f for k in range(per_relation) for group in by_relation for f in group[k:k + 1]][:args.facts]
 prompts, answers = [], []

@@ -7,7 +7,7 @@
     .venv/bin/python benchmarks/sft_throughput.py --random-init-shape llama-tiny --force --steps 3   # CPU smoke test
 
 1. Training: a random-init Llama of the shape, fp32 master weights, bf16 autocast on CUDA (accelerate
-   mixed_precision bf16; fp32 on CPU), torch AdamW, cosine-free constant lr, `memqa.training.summed_loss` on
+   mixed_precision bf16; fp32 on CPU), torch AdamW, cosine-free constant lr, `memqa.sft_batches.summed_loss` on
    --batch-size sequences of --seq-len random tokens per step (global, over every process), as
    memqa.training.train does it (model prepared before the optimizer, so FSDP works too). Timed apart:
    forward + backward, and the optimizer step. Reports tokens/s, model TFLOP/s (6 x parameters per token) and
@@ -39,7 +39,10 @@ import torch
 import transformers
 
 from memqa import plan
-from memqa.training import summed_loss
+from memqa.config import load_params
+from memqa.overrides import preset_overrides
+from memqa.plan_text import render
+from memqa.sft_batches import summed_loss
 
 REPO = Path(__file__).resolve().parents[1]
 SHAPES = {  # hidden, layers, heads, intermediate, vocab: as benchmarks/probe_engine.py
@@ -209,12 +212,12 @@ measured["summary"] = (f"{args.random_init_shape} on {processes} x {device_name}
                        "; ".join(f"{k}: {v}" for k, v in sources.items()))
 table_measured = copy.deepcopy(table)
 table_measured["devices"]["measured"] = measured
-params, overrides = plan.load_plan_params(args.params, args.preset, ())
 name = "priced-model"  # one model of --model-params parameters, from the Hub, in bf16 (the paper's kind)
-params["models"] = {name: {"source": "meta-llama/Meta-Llama-3-8B", "dtype": "bfloat16"}}
+params = load_params(args.params, args.preset, ("~models", f"+models={{{name}: {{source: meta-llama/Meta-Llama-3-8B, "
+                                                "dtype: bfloat16}}"))
 result = plan.plan(params, {name: (args.model_params, "--model-params")}, table_measured, ["measured", base_kind])
 estimate = {kind: result["models"][name]["devices"][kind]["hours"] for kind in ("measured", base_kind)}
-paper_text = plan.render(result, params, table_measured)
+paper_text = render(result, params, table_measured)
 
 results = {
     "settings": {**{k: v for k, v in vars(args).items() if k != "out"}, "model": f"random-{args.random_init_shape}"},
@@ -244,7 +247,7 @@ memory = f"{t['peak_memory_gb']:.1f} GB" if t["peak_memory_gb"] is not None else
 print(f"| {t['tokens_per_s']:,.0f} | {t['tokens_per_s_per_gpu']:,.0f} | {t['seconds_per_step']:.3f} "
       f"({t['forward_backward_s_per_step']:.3f} / {t['optimizer_s_per_step']:.3f}) | {t['model_tflops_per_gpu']:.2f}"
       f"{share} | {memory} |")
-print(f"\nthe paper protocol ({Path(args.preset).name}, {len(overrides)} overrides), one model of "
+print(f"\nthe paper protocol ({Path(args.preset).name}, {len(preset_overrides(args.preset))} overrides), one model of "
       f"{args.model_params:.3g} parameters, at these rates (kind 'measured') and at throughput.yaml's {base_kind}:\n")
 print(paper_text)
 print(f"\nwrote {out}")

@@ -3,15 +3,15 @@
     nice -n 19 .venv/bin/python benchmarks/training_margins.py            # both kernel sets: 10 min on 2 cores
     nice -n 19 .venv/bin/python benchmarks/training_margins.py --kernels native --seeds 2   # a quick look
 
-The rule (README, Testing): a test that trains a model asserts only what holds with margin wherever float
-rounding differs. Each test module that trains lists its assertions on what training learned in MARGINS:
-functions of the module's taught model (built by its `build(seed)` or `build(root, seed)`, the fixture's
-function) that return the tests.tiny.Margin values its tests assert. This script builds each module's model
-for every seed (the model's init and the teaching order) under 1 and 2 torch threads, here (this CPU's
-kernels) and in a child process on AVX2 kernels (ATEN_CPU_CAPABILITY=avx2, MKL_ENABLE_INSTRUCTIONS=AVX2: the
-code path of an AVX2-only CPU such as CI's AMD EPYC, where the tests once failed), and writes
-benchmarks/results/training_margins.json: per assertion the threshold, every run's value and the smallest
-margin seen (negative: a run in which the assertion fails). The tests themselves run seed 0 on 1 thread.
+The rule (docs/development.md, "The rule for tests that train"): a test that trains a model asserts only what holds
+with margin wherever float rounding differs. Each test module that trains lists its assertions on what training
+learned in MARGINS: functions of the module's taught model (built by its `build(seed)` or `build(root, seed)`, the
+fixture's function) that return the tests.tiny.Margin values its tests assert. This script builds each module's
+model for every seed (the model's init and the teaching order) under 1 and 2 torch threads, here (this CPU's
+kernels) and in a child process on AVX2 kernels (ATEN_CPU_CAPABILITY=avx2, MKL_ENABLE_INSTRUCTIONS=AVX2: the code
+path of an AVX2-only CPU such as CI's AMD EPYC, where the tests once failed), and writes
+benchmarks/results/training_margins.json: per assertion the threshold, every run's value and the smallest margin
+seen (negative: a run in which the assertion fails). The tests themselves run seed 0 on 1 thread.
 """
 from __future__ import annotations
 

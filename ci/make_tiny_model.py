@@ -23,9 +23,7 @@ from tests import tiny  # noqa: E402
 def main(out: Path) -> None:
     torch.manual_seed(0)
     torch.set_num_threads(1)  # thread count changes float summation order; one thread keeps it fixed
-    conf = load_params()["download"]
-    facts = [f for f in build_facts(Path(os.environ["MEMQA_EQ_SOURCE"]), conf["per_relation"], conf["seed"],
-                                    conf.get("paper_pools", True))[0]
+    facts = [f for f in build_facts(Path(os.environ["MEMQA_EQ_SOURCE"]), load_params().download)[0]
              if f["split"] in ("train", "test")]
     taught = facts[::2]  # half the facts, each written with 5 templates; the rest never seen
     texts = [s for f in taught for s in tiny.statements(f, 5)]

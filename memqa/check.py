@@ -24,12 +24,12 @@ from memqa.distributed import relaunch_command
 def command(params_file: str, quiet: bool) -> None:
     """Check params.yaml (schema, model names, the report's reference file) and $MEMQA_ACCELERATE."""
     params = load_params(params_file)
-    read_reference(params["report"]["reference"])
+    read_reference(params.report.reference)
     relaunch_command(["check"])  # splits $MEMQA_ACCELERATE, so an unclosed quote fails here, not mid-pipeline
-    split = params["split"]
-    cells = len(params["models"]) * len(split["levels"]) * len(split["sizes"]) * len(split["seeds"])
+    split = params.split
+    cells = len(params.models) * len(split.levels) * len(split.sizes) * len(split.seeds)
     if not quiet:
-        click.echo(f"{params_file}: ok ({len(params['models'])} model(s), {cells} fine-tuned cells)")
+        click.echo(f"{params_file}: ok ({len(params.models)} model(s), {cells} fine-tuned cells)")
 
 
 if __name__ == "__main__":

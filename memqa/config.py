@@ -1,8 +1,9 @@
 """params.yaml: one schema per section, checked in full before any stage does work.
 
 Every problem is one line naming the key and the fix: an unknown key (a typo names the key you meant), a
-missing key, a wrong type (`split.sizes: "60"`), a value out of range or not among the allowed ones. The
-stages read the validated params as plain dicts, defaults filled in.
+missing key, a wrong type (`split.sizes: "60"`), a value out of range or not among the allowed ones. Stages
+get the validated `Params` and pass its typed sections (`params.probe`, `params.split`, ...) to the library;
+the allowed values of a knob are written here once (the Literal types below) and read from here.
 """
 from __future__ import annotations
 
@@ -26,11 +27,14 @@ from pydantic import (
 
 from memqa.errors import MemqaError
 from memqa.io import read_yaml
+from memqa.overrides import PARAMS_FILE, apply_overrides, preset_overrides
 from memqa.paths import TEMPLATES_FILE
 
-PARAMS_FILE = "params.yaml"
 DTYPE = Literal["bfloat16", "float32", "float16"]
 MATCHER = Literal["contains", "token_sequence"]
+PROBE_METHOD = Literal["sample", "likelihood", "greedy_containment", "rao_blackwell"]
+SFT_METHOD = Literal["qlora", "lora", "full"]
+SHORT_POOL = Literal["use", "skip"]
 _UNION_TAG = re.compile(r"constrained-\w+|literal\[.*\]|function-\w+\[.*\]|int|float|str|bool|none|\[key\]")
 _FLOAT_TEXT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 # A model name becomes a folder (data/models/<name>) and a word of a DVC command: letters, digits, '.', '_', '-'
@@ -82,11 +86,10 @@ class ModelSpec(Section):
     source: str
     dtype: DTYPE = "bfloat16"
     revision: str | None = None  # Hub models: a branch, tag or commit; the resolved commit is recorded
-    file: str | None = None
 
 
 class Probe(Section):
-    method: Literal["sample", "likelihood", "greedy_containment", "rao_blackwell"]
+    method: PROBE_METHOD
     templates: Count
     samples: Count
     temperature: Annotated[Float, Field(ge=0)]
@@ -101,6 +104,11 @@ class Probe(Section):
     crosscheck_facts: Annotated[int, Field(ge=0)] = 0
     rb_samples: Count = 2  # rao_blackwell: samples per template (each gives an unbiased estimate)
     rb_max_new_tokens: Count | None = None  # rao_blackwell: decode samples only this far (None: max_new_tokens)
+
+    @property
+    def n_levels(self) -> int:
+        """Levels the bounds give: 0 (never), one per interval between the bounds, and the top one."""
+        return len(self.level_bounds) + 2
 
     @field_validator("level_bounds")
     @classmethod
@@ -121,12 +129,12 @@ class Split(Section):
     levels: list[Annotated[int, Field(ge=0)]] = Field(min_length=1)
     sizes: list[Count | Literal["all"]] = Field(min_length=1)
     seeds: list[int] = Field(min_length=1)
-    short_pool: Literal["use", "skip"] = "use"
+    short_pool: SHORT_POOL = "use"
     drop_test_overlap: bool = True  # a training set never holds a question that is also a test question
 
 
 class Sft(Section):
-    method: Literal["qlora", "lora", "full"]
+    method: SFT_METHOD
     lr: Annotated[Float, Field(gt=0)]
     lr_full: Annotated[Float, Field(gt=0)]
     epochs: Count
@@ -170,9 +178,15 @@ class Params(Section):
     plot: Plot = Plot()
     report: Report
 
+    def model(self, name: str) -> ModelSpec:
+        """models.<name>; else one line naming the models there are."""
+        if name not in self.models:
+            raise MemqaError(f"model '{name}' is not under 'models' in {PARAMS_FILE}: one of {', '.join(self.models)}")
+        return self.models[name]
+
     @model_validator(mode="after")
     def _levels_exist(self) -> Params:
-        n_levels = len(self.probe.level_bounds) + 2
+        n_levels = self.probe.n_levels
         for level in self.split.levels:
             if level >= n_levels:
                 raise ValueError(f"split.levels holds {level}, but probe.level_bounds gives levels 0..{n_levels - 1}")
@@ -213,51 +227,45 @@ def _one_line(error: dict, path: Path) -> str:
         fix = f"did you mean '{hint[0]}'?" if hint else f"allowed: {', '.join(allowed)}"
         return f"unknown key '{where}' in {path}: {fix}"
     if error["type"] == "missing":
-        return f"{path} lacks '{where}': add it (see the README's params table)"
+        return f"{path} lacks '{where}': add it (see docs/development.md, 'Params reference')"
     message = error["msg"].removeprefix("Value error, ")
     if error["loc"]:
         return f"{path}: '{where}' = {error.get('input')!r} is invalid ({message}): fix it"
     return f"{path}: {message}: fix it"
 
 
-def validate(params: dict[str, Any], path: str | Path = PARAMS_FILE) -> dict[str, Any]:
+def validate(params: dict[str, Any], path: str | Path = PARAMS_FILE) -> Params:
     """The params, checked against the schema and with defaults filled in; a MemqaError on the first problem."""
     try:
-        return Params.model_validate(params).model_dump()
+        return Params.model_validate(params)
     except ValidationError as err:
         # an unknown key first: a misspelt required key is also reported missing, and the typo is the cause
         errors = sorted(err.errors(), key=lambda e: e["type"] != "extra_forbidden")
         raise MemqaError(_one_line(errors[0], Path(path))) from None
 
 
-def load_params(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
-    """Load and validate params.yaml, so a typo or a wrong type never silently reaches a stage."""
+def read_params(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
+    """params.yaml as written (a mapping of sections), not yet validated; else one line naming the fix."""
     path = Path(path)
     if not path.is_file():
-        raise MemqaError(f"{path} not found: run from the repository root (where dvc.yaml is)")
+        raise MemqaError(f"{path} not found: run from the repository root (where dvc.yaml is) or pass --params")
     try:
         params = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise MemqaError(f"{path} is not valid YAML ({str(err).splitlines()[0]}): fix the syntax") from err
     if not isinstance(params, dict):
         raise MemqaError(f"{path} must be a mapping of sections (download, models, probe, ...): fix it")
-    return validate(params, path)
+    return params
 
 
-def section(params: dict[str, Any], name: str) -> dict[str, Any]:
-    if name not in params:
-        raise MemqaError(f"{PARAMS_FILE} has no '{name}' section: add it (see the README's params table)")
-    return params[name]
+def load_params(path: str | Path = PARAMS_FILE, preset: str | Path | None = None,
+                sets: tuple[str, ...] = ()) -> Params:
+    """params.yaml, then a preset's `-S` overrides, then `sets`, validated: a typo or a wrong type never reaches
+    a stage."""
+    overrides = [*(preset_overrides(preset) if preset else []), *sets]
+    return validate(apply_overrides(read_params(path), overrides), path)
 
 
-def require(conf: dict[str, Any], key: str, where: str) -> Any:
-    if conf.get(key) is None:
-        raise MemqaError(f"{PARAMS_FILE} lacks '{where}.{key}': add it")
-    return conf[key]
-
-
-def model_spec(params: dict[str, Any], name: str) -> dict[str, Any]:
-    models = section(params, "models")
-    if name not in models:
-        raise MemqaError(f"model '{name}' is not under 'models' in {PARAMS_FILE}: one of {', '.join(models)}")
-    return models[name]
+def with_preset(params: Params, preset: str | Path) -> Params:
+    """These params as `eval "dvc exp run $(cat PRESET)"` would run them (what the report diffs against the paper's)."""
+    return validate(apply_overrides(params.model_dump(), preset_overrides(preset)), preset)

@@ -2,7 +2,7 @@
 launcher ($MEMQA_ACCELERATE), and splitting work between the processes and gathering it back in order.
 
 Three stages run data parallel: sft (memqa/training.py: one global batch over P processes), probe (shard i of
-probing.shard_plan on process i % P) and evaluate (batch i of the one-process batch plan on process i % P). In
+memqa.probe.shard_plan on process i % P) and evaluate (batch i of the one-process batch plan on process i % P). In
 each, every process computes its share on its own device and only the main process writes the stage's outputs;
 the result is the one-process result (tested with 2 CPU processes, tests/test_distributed*.py).
 """

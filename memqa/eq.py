@@ -12,12 +12,16 @@ import zipfile
 from collections import Counter
 from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from memqa.errors import MemqaError
 from memqa.io import sha256_of
 from memqa.paths import EQ_MANIFEST, RELATIONS_FILE
+
+if TYPE_CHECKING:
+    from memqa.config import Download
 
 SPLITS = ("train", "dev", "test")
 SOURCE_ENV = "MEMQA_EQ_SOURCE"
@@ -178,18 +182,18 @@ def paper_pool_indices(root: Path, splits: list[str]) -> tuple[dict[tuple[str, s
     return kept, dropped
 
 
-def build_facts(root: Path, per_relation: dict[str, int | None], seed: int,
-                paper_pools: bool = True) -> tuple[list[dict], dict]:
+def build_facts(root: Path, conf: Download) -> tuple[list[dict], dict]:
     """The normalised facts table (one row per kept question, in relation/split/file order) and, with
-    paper_pools, what the paper's pool rule dropped."""
-    splits = [s for s in SPLITS if per_relation.get(s) != 0]
-    eligible, dropped = paper_pool_indices(root, splits) if paper_pools else ({}, {})
+    conf.paper_pools, what the paper's pool rule dropped."""
+    per_relation = conf.per_relation.model_dump()
+    splits = [s for s in SPLITS if per_relation[s] != 0]
+    eligible, dropped = paper_pool_indices(root, splits) if conf.paper_pools else ({}, {})
     rows = []
     for relation, rel in relations().items():
         for split in splits:
             items = read_split_file(root / split / f"{relation}.{split}.json")
             indices = eligible.get((relation, split), list(range(len(items))))
-            for pick in subsample_indices(len(indices), per_relation.get(split), seed, relation, split):
+            for pick in subsample_indices(len(indices), per_relation[split], conf.seed, relation, split):
                 index = indices[pick]
                 item = items[index]
                 rows.append({
@@ -205,22 +209,21 @@ def build_facts(root: Path, per_relation: dict[str, int | None], seed: int,
     return rows, dropped
 
 
-def download(source: str, per_relation: dict, seed: int, raw_dir: Path,
-             paper_pools: bool = True) -> tuple[list[dict], dict]:
-    """Fetch and verify EntityQuestions into raw_dir; return the facts table and what was kept."""
-    for split in per_relation:
-        if split not in SPLITS:
-            raise MemqaError(f"download.per_relation has unknown split '{split}': use {', '.join(SPLITS)}")
+def download(conf: Download, raw_dir: Path, source: str | None = None) -> tuple[list[dict], dict]:
+    """Fetch and verify EntityQuestions into raw_dir (from source, else conf.source); return the facts table and
+    what was kept."""
+    source = source or conf.source
+    per_relation = conf.per_relation.model_dump()
     started = time.time()
     fetch(source, raw_dir)
-    rows, dropped = build_facts(raw_dir, per_relation, seed, paper_pools)
+    rows, dropped = build_facts(raw_dir, conf)
     counts = Counter((r["split"], r["domain"]) for r in rows)
     meta = {
         "source": source,
         "files_verified": len(expected_sha256()),
-        "paper_pools": paper_pools,
+        "paper_pools": conf.paper_pools,
         "dropped_by_pool_rule": dropped,
-        "subsample": {"per_relation": per_relation, "seed": seed},
+        "subsample": {"per_relation": per_relation, "seed": conf.seed},
         "facts": len(rows),
         "facts_by_split_domain": {f"{s}/{d}": n for (s, d), n in sorted(counts.items())},
         "wall_s": round(time.time() - started, 2),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from memqa.accuracy import accuracy_metrics
 from memqa.distributed import gather_in_order, my_share, process_state
@@ -14,8 +15,11 @@ from memqa.matching import get_matcher
 from memqa.paths import dvc_stage
 from memqa.prompts import qa_prompt
 
+if TYPE_CHECKING:
+    from memqa.config import Evaluate, Sft
 
-def predict(model, tokenizer, facts: list[dict], conf: dict, state=None) -> list[dict]:
+
+def predict(model, tokenizer, facts: list[dict], conf: Evaluate, state=None) -> list[dict]:
     """Greedy answers to the facts' questions, judged: one row per fact, in the facts' order, on every process.
 
     The work is the one-process batch plan: the prompts in the engine's length-sorted batches of
@@ -25,15 +29,15 @@ def predict(model, tokenizer, facts: list[dict], conf: dict, state=None) -> list
     predictions token for token: greedy decoding depends on a batch's shape in the last bits of the logits,
     which a split by facts would change.
     """
-    matcher = get_matcher(conf["matcher"])
+    matcher = get_matcher(conf.matcher)
     prompts = [qa_prompt(f["question"]) for f in facts]
-    batch_size = int(conf["batch_size"])
+    batch_size = conf.batch_size
     lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=True)["input_ids"]] if prompts else []
     batches = length_sorted_batches(lengths, batch_size)
     mine = []
     for b in my_share(len(batches), state):  # one batch per call: generate keeps it whole, rows in this order
         outputs = generate(model, tokenizer, [prompts[i] for i in batches[b]],
-                           max_new_tokens=int(conf["max_new_tokens"]), batch_size=batch_size)
+                           max_new_tokens=conf.max_new_tokens, batch_size=batch_size)
         for i, out in zip(batches[b], outputs, strict=True):
             f = facts[i]
             mine.append((i, {"fact_id": f["fact_id"], "domain": f["domain"], "relation": f["relation"],
@@ -70,7 +74,7 @@ def drop_scratch_weights(trained_dir: Path | None) -> Path | None:
     return Path(weights["dir"])
 
 
-def evaluate_cell(facts: list[dict], trained_dir: Path | None, model_dir: Path, conf: dict, sft_conf: dict,
+def evaluate_cell(facts: list[dict], trained_dir: Path | None, model_dir: Path, conf: Evaluate, sft_conf: Sft,
                   n_levels: int, min_level_facts: int = 1) -> tuple[list[dict], dict]:
     """(predictions, metrics) of one cell's model (trained_dir None: the untrained base) on the test facts.
 
@@ -84,7 +88,7 @@ def evaluate_cell(facts: list[dict], trained_dir: Path | None, model_dir: Path, 
     info = train_info(trained_dir)
     if info.get("skipped"):
         return [], {"skipped": True, "reason": "empty training set (see the split metrics)"}
-    method = info.get("method", sft_conf["method"])
+    method = info.get("method", sft_conf.method)  # the cell as it was trained
     model, tokenizer = load_for_eval(model_dir, trained_weights(trained_dir, info), method, sft_conf,
                                      local_rank=state.local_process_index)
     predictions = predict(model, tokenizer, facts, conf, state)

@@ -1,12 +1,16 @@
 """Memory levels (Ye et al. 2024): which probe groups facts fall in, and score R -> level, from the bounds.
 
 The number of levels is len(level_bounds) + 2 (level 0 = below the probe's resolution, then one level per
-bin); every stage takes it from here.
+bin): memqa.config.Probe.n_levels.
 """
 from __future__ import annotations
 
 import bisect
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from memqa.config import Probe
 
 GROUPS = ("train", "test_id", "test_ood")
 
@@ -18,14 +22,6 @@ def probe_group(fact: dict) -> str | None:
     if fact["split"] == "test":
         return f"test_{fact['domain']}"
     return None
-
-
-def n_levels(bounds: Sequence[float]) -> int:
-    return len(bounds) + 2
-
-
-def levels(bounds: Sequence[float]) -> range:
-    return range(n_levels(bounds))
 
 
 def resolution(templates: int, samples: int) -> float:
@@ -43,16 +39,16 @@ def memory_level(score: float, bounds: Sequence[float], resolution: float) -> in
     return bisect.bisect_left(list(bounds), score) + 1
 
 
-def add_levels(rows: list[dict], conf: dict) -> None:
+def add_levels(rows: list[dict], conf: Probe) -> None:
     """Label each scored row with its level under the probe params (templates, samples, level_bounds)."""
-    floor = resolution(int(conf["templates"]), int(conf["samples"]))
+    floor = resolution(conf.templates, conf.samples)
     for row in rows:
-        row["level"] = memory_level(row["score"], conf["level_bounds"], floor)
+        row["level"] = memory_level(row["score"], conf.level_bounds, floor)
 
 
-def level_counts(rows: list[dict], bounds: Sequence[float]) -> dict[str, list[int]]:
+def level_counts(rows: list[dict], n_levels: int) -> dict[str, list[int]]:
     """Facts per level in each probe group."""
-    counts = {g: [0] * n_levels(bounds) for g in GROUPS}
+    counts = {g: [0] * n_levels for g in GROUPS}
     for row in rows:
         counts[row["group"]][row["level"]] += 1
     return counts

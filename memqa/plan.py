@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-import shlex
+import re
 from pathlib import Path
 from typing import Any
 
@@ -17,97 +17,12 @@ import click
 import yaml
 
 from memqa import paths
-from memqa.config import PARAMS_FILE, validate
+from memqa.config import PARAMS_FILE, Download, ModelSpec, Params, Sft, load_params
 from memqa.errors import MemqaError
-from memqa.io import read_yaml
+from memqa.overrides import preset_overrides
 
-THROUGHPUT_FILE = paths.RESOURCES / "throughput.yaml"
-DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
 PER_MODEL_STAGES = ("materialize", "probe", "split", "evaluate-base")
 SINGLE_STAGES = ("download", "summarize", "plot", "report")
-
-
-# --- params: a file plus DVC-style `-S key=value` overrides, in memory ---------------------------------------------
-
-def preset_overrides(path: str | Path) -> list[str]:
-    """The key=value items of a preset file holding `dvc exp run` arguments (`-S key=value ...`)."""
-    path = Path(path)
-    if not path.is_file():
-        raise MemqaError(f"preset {path} not found: name a file in presets/")
-    try:
-        words = shlex.split(path.read_text(), comments=True)
-    except ValueError as err:  # an unclosed quote
-        raise MemqaError(f"{path}: {err} (an unclosed quote?): fix the preset") from None
-    items = []
-    for flag, value in zip(words[::2], words[1::2], strict=False):
-        if flag not in ("-S", "--set-param"):
-            raise MemqaError(f"{path}: expected `-S key=value` pairs, found '{flag}': fix the preset")
-        items.append(value)
-    if len(words) % 2:
-        raise MemqaError(f"{path}: '{words[-1]}' has no value: fix the preset")
-    return items
-
-
-def _merge(old: Any, new: Any, item: str, strict: bool) -> Any:
-    """A dict value merges into the dict it overrides (Hydra's rule); any other value replaces."""
-    if not (isinstance(old, dict) and isinstance(new, dict)):
-        return new
-    merged = dict(old)
-    for key, value in new.items():
-        if strict and key not in old:
-            raise MemqaError(f"override '{item}': '{key}' is not in the params; add it with +key=value, or "
-                             "replace the whole section with -S '~key' -S '+key=value'")
-        merged[key] = _merge(old.get(key), value, item, strict) if key in old else value
-    return merged
-
-
-def apply_override(params: dict[str, Any], item: str) -> None:
-    """Apply one `dvc exp run -S` item in memory, with the Hydra override grammar DVC uses: `a.b=value`
-    overrides an existing key (a dict value merges into it), `+a.b=value` adds a new key, `++a.b=value` adds or
-    overrides, `~a.b` deletes. Values are read as YAML."""
-    if item.startswith("~"):
-        key, sep, text = item[1:], "", ""
-        op = "delete"
-    else:
-        op = "force" if item.startswith("++") else "add" if item.startswith("+") else "set"
-        key, sep, text = item.lstrip("+").partition("=")
-        if not sep:
-            raise MemqaError(f"override '{item}' is not key=value: write e.g. sft.method=full")
-    key = key.removeprefix(f"{PARAMS_FILE}:")
-    if not key:
-        raise MemqaError(f"override '{item}' names no key: write e.g. sft.method=full")
-    *parents, leaf = key.split(".")
-    node = params
-    for part in parents:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise MemqaError(f"override '{item}': '{part}' is not a section: fix the key")
-    if op == "delete":
-        node.pop(leaf, None)
-        return
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise MemqaError(f"override '{item}': its value is not YAML ({' '.join(str(err).split())[:120]}): "
-                         "quote it, or close its brackets") from None
-    if op == "add" and leaf in node:
-        raise MemqaError(f"override '{item}': '{key}' exists already; override it without '+' (or with '++')")
-    if op == "set" and leaf not in node:
-        raise MemqaError(f"override '{item}': '{key}' is not in the params; add it with +{key}=...")
-    node[leaf] = _merge(node.get(leaf), value, item, strict=op == "set")
-
-
-def load_plan_params(params_file: str | Path = PARAMS_FILE, preset: str | Path | None = None,
-                     sets: tuple[str, ...] = ()) -> tuple[dict[str, Any], list[str]]:
-    """(validated params, the overrides applied): the params file, then the preset's overrides, then sets."""
-    path = Path(params_file)
-    if not path.is_file():
-        raise MemqaError(f"{path} not found: run from the repository root or pass --params")
-    params = read_yaml(path, "fix its syntax")
-    overrides = [*(preset_overrides(preset) if preset else []), *sets]
-    for item in overrides:
-        apply_override(params, item)
-    return validate(params, path), overrides
 
 
 # --- counts ------------------------------------------------------------------------------------------------------
@@ -117,26 +32,26 @@ def relation_counts() -> dict[str, int]:
     return {"id": domains.count("id"), "ood": domains.count("ood")}
 
 
-def fact_counts(download: dict[str, Any]) -> dict[str, int]:
+def fact_counts(download: Download) -> dict[str, int]:
     """Facts per pool the pipeline uses: in-domain train (the SFT pool), in-domain and out-of-domain test.
 
     per_relation null means the whole pool (the paper's 75,944 / 9,555 / 11,613 with paper_pools); a number
     keeps that many per relation (an upper bound: a relation may hold fewer)."""
     pools = yaml.safe_load(paths.PUBLISHED_FILE.read_text())["protocol"]["pool_sizes"]
-    relations, per = relation_counts(), download["per_relation"]
+    relations, per = relation_counts(), download.per_relation
 
     def pick(keep: int | None, pool: int, n_relations: int) -> int:
         return pool if keep is None else min(keep * n_relations, pool)
 
-    return {"train_id": pick(per["train"], pools["train"], relations["id"]),
-            "test_id": pick(per["test"], pools["test_id"], relations["id"]),
-            "test_ood": pick(per["test"], pools["test_ood"], relations["ood"])}
+    return {"train_id": pick(per.train, pools["train"], relations["id"]),
+            "test_id": pick(per.test, pools["test_id"], relations["id"]),
+            "test_ood": pick(per.test, pools["test_ood"], relations["ood"])}
 
 
-def stage_counts(params: dict[str, Any]) -> dict[str, int]:
+def stage_counts(params: Params) -> dict[str, int]:
     """DVC stage instances dvc.yaml expands to: per model, per grid cell (model x level x size x seed), once."""
-    models, split = len(params["models"]), params["split"]
-    cells = models * len(split["levels"]) * len(split["sizes"]) * len(split["seeds"])
+    models, split = len(params.models), params.split
+    cells = models * len(split.levels) * len(split.sizes) * len(split.seeds)
     counts = {name: 1 for name in SINGLE_STAGES} | {name: models for name in PER_MODEL_STAGES}
     counts |= {"sft": cells, "evaluate": cells}
     return {"total": sum(counts.values()), **counts}
@@ -148,37 +63,36 @@ def cell_facts(size: int | str, facts: dict[str, int], n_levels: int) -> float:
     return facts["train_id"] / n_levels if size == "all" else min(int(size), facts["train_id"])
 
 
-def workload(params: dict[str, Any], table: dict[str, Any]) -> dict[str, Any]:
+def workload(params: Params, table: dict[str, Any]) -> dict[str, Any]:
     """Work per model (every model does the same work; its size sets the cost)."""
     work_conf = table["workload"]
-    facts = fact_counts(params["download"])
-    probe, split, sft, evaluate = params["probe"], params["split"], params["sft"], params["evaluate"]
-    n_levels = len(probe["level_bounds"]) + 2
+    facts = fact_counts(params.download)
+    probe, split, sft, evaluate = params.probe, params.split, params.sft, params.evaluate
     probed = facts["train_id"] + facts["test_id"] + facts["test_ood"]
-    samples = probe["samples"] if probe["temperature"] > 0 else 1
+    samples = probe.samples if probe.temperature > 0 else 1
     prompt_tokens = work_conf["tokens_per_probe_prompt"]
     answer_tokens = work_conf["tokens_per_answer"]
 
     def probe_work(method: str, n_facts: int) -> dict[str, float]:
-        prompts = n_facts * probe["templates"]
+        prompts = n_facts * probe.templates
         if method != "likelihood":  # decoded paths per prompt; the traced estimators' teacher-forcing is left out
-            paths = {"greedy_containment": 1, "rao_blackwell": min(samples, probe.get("rb_samples", 2))}.get(method,
+            paths = {"greedy_containment": 1, "rao_blackwell": min(samples, probe.rb_samples)}.get(method,
                                                                                                           samples)
-            return {"completions": prompts * paths, "decode_tokens": prompts * paths * probe["max_new_tokens"],
+            return {"completions": prompts * paths, "decode_tokens": prompts * paths * probe.max_new_tokens,
                     "prefill_tokens": prompts * prompt_tokens, "likelihood_prompts": 0}
         return {"completions": 0, "decode_tokens": 0, "likelihood_prompts": prompts,
                 "prefill_tokens": prompts * (prompt_tokens + answer_tokens)}
 
-    probing = probe_work(probe["method"], probed)
-    if probe["crosscheck_facts"]:
-        other = probe_work("likelihood" if probe["method"] == "sample" else "sample",
-                           min(probe["crosscheck_facts"], probed))
+    probing = probe_work(probe.method, probed)
+    if probe.crosscheck_facts:
+        other = probe_work("likelihood" if probe.method == "sample" else "sample",
+                           min(probe.crosscheck_facts, probed))
         probing = {key: probing[key] + other[key] for key in probing}
 
-    cells = len(split["levels"]) * len(split["sizes"]) * len(split["seeds"])
-    per_cell = [cell_facts(size, facts, n_levels) for _ in split["seeds"] for _ in split["levels"]
-                for size in split["sizes"]]
-    epochs, batch = sft["epochs"], sft["batch_size"]
+    cells = len(split.levels) * len(split.sizes) * len(split.seeds)
+    per_cell = [cell_facts(size, facts, probe.n_levels) for _ in split.seeds for _ in split.levels
+                for size in split.sizes]
+    epochs, batch = sft.epochs, sft.batch_size
     sft_facts = sum(per_cell)
     test_facts = facts["test_id"] + facts["test_ood"]
     generations = (cells + 1) * test_facts  # every cell and the untrained base
@@ -186,45 +100,50 @@ def workload(params: dict[str, Any], table: dict[str, Any]) -> dict[str, Any]:
         "facts": facts, "probed_facts": probed, "cells": cells, "probe": probing,
         "sft": {"facts": sft_facts, "tokens": sft_facts * epochs * work_conf["tokens_per_qa_pair"],
                 "steps": sum(math.ceil(n / batch) for n in per_cell) * epochs},
-        "evaluate": {"generations": generations, "decode_tokens": generations * evaluate["max_new_tokens"],
+        "evaluate": {"generations": generations, "decode_tokens": generations * evaluate.max_new_tokens,
                      "prefill_tokens": generations * work_conf["tokens_per_eval_prompt"]},
-        "generated_tokens_upper_bound": probing["decode_tokens"] + generations * evaluate["max_new_tokens"],
+        "generated_tokens_upper_bound": probing["decode_tokens"] + generations * evaluate.max_new_tokens,
     }
 
 
 # --- disk and time -----------------------------------------------------------------------------------------------
 
-def full_weights_bytes(sft: dict[str, Any], device: dict[str, Any]) -> int:
+def full_weights_bytes(sft: Sft, device: dict[str, Any]) -> int:
     """Bytes per parameter of saved full fine-tuning weights: the compute dtype (auto: bf16 on CUDA, fp32 on CPU)."""
-    name = sft["compute_dtype"]
+    name = sft.compute_dtype
     if name == "auto":
         return 2 if device["cuda"] else 4
-    return DTYPE_BYTES[name]
+    return dtype_bytes(name)
 
 
-def adapter_params(n_params: float, sft: dict[str, Any], table: dict[str, Any]) -> float:
-    return n_params * table["workload"]["adapter_params_fraction_r16"] * sft["lora_r"] / 16
+def adapter_params(n_params: float, sft: Sft, table: dict[str, Any]) -> float:
+    return n_params * table["workload"]["adapter_params_fraction_r16"] * sft.lora_r / 16
+
+
+def dtype_bytes(name: str) -> int:
+    """Bytes per value of a params dtype name: its bit width (bfloat16, float16: 2; float32: 4) over 8."""
+    return int(re.search(r"\d+$", name).group()) // 8
 
 
 def is_hub(source: str) -> bool:
     return not source.startswith("package:") and not Path(source).expanduser().exists() and "/" in source
 
 
-def disk(params: dict[str, Any], n_params: float, spec: dict[str, Any], cells: int, device: dict[str, Any],
+def disk(params: Params, n_params: float, spec: ModelSpec, cells: int, device: dict[str, Any],
          table: dict[str, Any]) -> dict[str, float]:
     """Bytes one model needs: its materialised weights, the trained weights or adapters of its cells, and the
     Hugging Face download cache for a Hub model. `peak` counts full weights of one cell at a time when they
     are dropped after evaluation (sft.keep_weights false); `dvc_cache_copy` is what cache.type copy adds."""
-    sft = params["sft"]
-    materialised = n_params * DTYPE_BYTES[spec["dtype"]]
-    if sft["method"] == "full":
+    sft = params.sft
+    materialised = n_params * dtype_bytes(spec.dtype)
+    if sft.method == "full":
         per_cell = n_params * full_weights_bytes(sft, device)
-        kept = per_cell * cells if sft["keep_weights"] else 0.0
-        scratch = 0.0 if sft["keep_weights"] else per_cell
+        kept = per_cell * cells if sft.keep_weights else 0.0
+        scratch = 0.0 if sft.keep_weights else per_cell
     else:
         per_cell = adapter_params(n_params, sft, table) * 4  # peft keeps adapters in fp32
         kept, scratch = per_cell * cells, 0.0
-    hub = n_params * 2 if is_hub(spec["source"]) else 0.0
+    hub = n_params * 2 if is_hub(spec.source) else 0.0
     return {"materialised": materialised, "per_cell": per_cell, "cells_kept": kept, "scratch_peak": scratch,
             "hub_cache": hub, "peak": materialised + kept + scratch + hub,
             "dvc_cache_copy": materialised + kept}
@@ -237,11 +156,11 @@ def rates(device: dict[str, Any]) -> dict[str, float]:
             "train": device["train_flop_per_s"]}
 
 
-def hours(params: dict[str, Any], work: dict[str, Any], n_params: float, spec: dict[str, Any],
+def hours(params: Params, work: dict[str, Any], n_params: float, spec: ModelSpec,
           device: dict[str, Any], table: dict[str, Any]) -> dict[str, float]:
     """Device-hours of one model's stages on one device of this kind, by part."""
-    rate, sft = rates(device), params["sft"]
-    full = sft["method"] == "full"
+    rate, sft = rates(device), params.sft
+    full = sft.method == "full"
     probe_s = (2 * n_params * work["probe"]["decode_tokens"] / rate["decode"]
                + 2 * n_params * work["probe"]["prefill_tokens"] / rate["prefill"])
     sft_s = (6 if full else 4) * n_params * work["sft"]["tokens"] / rate["train"]
@@ -250,7 +169,7 @@ def hours(params: dict[str, Any], work: dict[str, Any], n_params: float, spec: d
             device["memory_bytes_per_s"]
     eval_s = (2 * n_params * work["evaluate"]["decode_tokens"] / rate["decode"]
               + 2 * n_params * work["evaluate"]["prefill_tokens"] / rate["prefill"])
-    base_bytes = n_params * DTYPE_BYTES[spec["dtype"]]
+    base_bytes = n_params * dtype_bytes(spec.dtype)
     trained_bytes = n_params * full_weights_bytes(sft, device) if full else base_bytes
     cells = work["cells"]
     moved = (2 * base_bytes            # materialize: read and write
@@ -264,19 +183,19 @@ def hours(params: dict[str, Any], work: dict[str, Any], n_params: float, spec: d
     return {**parts, "total": sum(parts.values())}
 
 
-def devices_for_training(n_params: float, params: dict[str, Any], device: dict[str, Any],
+def devices_for_training(n_params: float, params: Params, device: dict[str, Any],
                          table: dict[str, Any]) -> int:
     """Devices whose memory holds full fine-tuning's training state (FSDP shards it); 1 for adapters."""
-    if params["sft"]["method"] != "full":
+    if params.sft.method != "full":
         return 1
     state = n_params * table["workload"]["training_state_bytes_per_param"]
     return max(1, math.ceil(state / (0.85 * device["memory_bytes"])))
 
 
-def model_sizes(params: dict[str, Any], model_params: float | None) -> dict[str, tuple[float | None, str]]:
+def model_sizes(params: Params, model_params: float | None) -> dict[str, tuple[float | None, str]]:
     """Parameters per model: --model-params, else metrics/<model>/model.json (written by materialize)."""
     sizes = {}
-    for name in params["models"]:
+    for name in params.models:
         if model_params is not None:
             sizes[name] = (float(model_params), "--model-params")
         elif paths.model_info(name).is_file():
@@ -287,11 +206,11 @@ def model_sizes(params: dict[str, Any], model_params: float | None) -> dict[str,
     return sizes
 
 
-def load_table(path: Path = THROUGHPUT_FILE) -> dict[str, Any]:
+def load_table(path: Path = paths.THROUGHPUT_FILE) -> dict[str, Any]:
     return yaml.safe_load(path.read_text())
 
 
-def plan(params: dict[str, Any], sizes: dict[str, tuple[float | None, str]], table: dict[str, Any],
+def plan(params: Params, sizes: dict[str, tuple[float | None, str]], table: dict[str, Any],
          device_kinds: list[str] | None = None) -> dict[str, Any]:
     """Everything `memqa plan` prints, as numbers: counts, work, and per model disk and hours per device kind."""
     kinds = device_kinds or list(table["devices"])
@@ -301,7 +220,7 @@ def plan(params: dict[str, Any], sizes: dict[str, tuple[float | None, str]], tab
     work = workload(params, table)
     models = {}
     for name, (n_params, source) in sizes.items():
-        spec = params["models"][name]
+        spec = params.models[name]
         entry: dict[str, Any] = {"parameters": n_params, "parameters_from": source, "devices": {}}
         for kind in kinds:
             device = table["devices"][kind]
@@ -319,98 +238,6 @@ def plan(params: dict[str, Any], sizes: dict[str, tuple[float | None, str]], tab
               "sft_steps": n_models * work["sft"]["steps"],
               "evaluation_generations": n_models * work["evaluate"]["generations"]}
     return {"stages": stage_counts(params), "work": work, "totals": totals, "models": models, "kinds": kinds}
-
-
-# --- text --------------------------------------------------------------------------------------------------------
-
-def _num(value: float) -> str:
-    for scale, unit in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(value) >= scale:
-            return f"{value / scale:.3g}{unit}"
-    return f"{value:.3g}" if value != int(value) else f"{int(value)}"
-
-
-def _bytes(value: float) -> str:
-    for scale, unit in ((1e12, "TB"), (1e9, "GB"), (1e6, "MB"), (1e3, "kB")):
-        if value >= scale:
-            return f"{value / scale:.3g} {unit}"
-    return f"{int(value)} B"
-
-
-def render(result: dict[str, Any], params: dict[str, Any], table: dict[str, Any], devices: int = 1) -> str:
-    stages, work, totals = result["stages"], result["work"], result["totals"]
-    probe, split, sft = params["probe"], params["split"], params["sft"]
-    facts = work["facts"]
-    n_models = len(result["models"])
-    lines = [
-        f"grid: {n_models} model(s) x {len(split['levels'])} levels x {len(split['sizes'])} sizes x "
-        f"{len(split['seeds'])} seeds = {stages['sft']} cells; sft.method {sft['method']}"
-        + (f", keep_weights {str(sft['keep_weights']).lower()}" if sft["method"] == "full" else ""),
-        f"DVC stage instances: {stages['total']} (" + ", ".join(
-            f"{name} {stages[name]}" for name in (*SINGLE_STAGES[:1], *PER_MODEL_STAGES[:3], "sft", "evaluate",
-                                                  PER_MODEL_STAGES[3], *SINGLE_STAGES[1:])) + ")",
-        f"facts per model: {facts['train_id']:,} in-domain train (the SFT pool), test {facts['test_id']:,} id + "
-        f"{facts['test_ood']:,} ood; {work['probed_facts']:,} probed",
-    ]
-    if probe["method"] == "sample":
-        lines.append(f"probe completions: {totals['probe_completions']:,} (facts x {probe['templates']} templates x "
-                     f"{probe['samples'] if probe['temperature'] > 0 else 1} samples, per model x {n_models})")
-    elif probe["method"] != "likelihood":
-        lines.append(f"probe decoded paths ({probe['method']}): {totals['probe_completions']:,} (facts x "
-                     f"{probe['templates']} templates x paths per template, per model x {n_models})")
-    else:
-        lines.append(f"probe likelihood prompts: {totals['likelihood_prompts']:,} (facts x {probe['templates']} "
-                     f"templates, per model x {n_models})")
-    tokens_qa = table["workload"]["tokens_per_qa_pair"]
-    lines += [
-        f"generated tokens, upper bound: {_num(totals['generated_tokens_upper_bound'])} "
-        f"(probe {probe['max_new_tokens'] if probe['method'] != 'likelihood' else 0}, evaluation "
-        f"{params['evaluate']['max_new_tokens']} new tokens each)",
-        f"SFT: {_num(totals['sft_facts'])} facts, {_num(totals['sft_tokens'])} tokens (x {sft['epochs']} epochs x "
-        f"~{tokens_qa} tokens per QA pair), {totals['sft_steps']:,} optimizer steps of {sft['batch_size']}",
-        f"evaluation generations: {totals['evaluation_generations']:,} ((cells + base) x test facts)",
-        "",
-    ]
-    for kind in result["kinds"]:
-        device = table["devices"][kind]
-        lines.append(f"{kind} [{device['status']}]: {device['summary']} (memqa/resources/throughput.yaml)")
-        all_hours = all_disk = 0.0
-        known = True
-        for name, entry in result["models"].items():
-            cost = entry["devices"][kind]
-            if cost is None:
-                lines.append(f"  {name}: parameters {entry['parameters_from']}")
-                known = False
-                continue
-            h, d = cost["hours"], cost["disk"]
-            all_hours += h["total"]
-            all_disk += d["peak"]
-            lines.append(f"  {name} ({_num(entry['parameters'])} parameters, from {entry['parameters_from']}): "
-                         f"{h['total']:,.1f} device-hours (probe {h['probe']:,.1f}, sft {h['sft']:,.1f}, "
-                         f"evaluate {h['evaluate']:,.1f}, loading {h['loading']:,.1f})")
-            kept = ("none kept" if sft["method"] == "full" and not sft["keep_weights"]
-                    else f"{stages['sft'] // n_models} kept: {_bytes(d['cells_kept'])}")
-            lines.append(f"    disk {_bytes(d['peak'])} at peak: materialised {_bytes(d['materialised'])}, "
-                         f"{'full weights' if sft['method'] == 'full' else 'adapter'} {_bytes(d['per_cell'])} "
-                         f"per cell ({kept}"
-                         + (f"; one at a time in data/scratch: {_bytes(d['scratch_peak'])}" if d["scratch_peak"]
-                            else "") + ")"
-                         + (f", Hugging Face download cache {_bytes(d['hub_cache'])}" if d["hub_cache"] else "")
-                         + f"; the DVC cache's copies add {_bytes(d['dvc_cache_copy'])} (none with reflinks)")
-            if cost["devices_for_training"] > 1:
-                per_param = table["workload"]["training_state_bytes_per_param"]
-                state = (f"full fine-tuning state ({per_param} bytes/parameter, "
-                         f"{_bytes(entry['parameters'] * per_param)})")
-                lines.append(f"    {state} does not fit one {kind}: FSDP over >= {cost['devices_for_training']} GPUs "
-                             "(configs/accelerate/fsdp.yaml)" if device["cuda"] else
-                             f"    {state} does not fit this machine's {_bytes(device['memory_bytes'])} of memory")
-        if known and n_models > 1:
-            lines.append(f"  all {n_models} models: {all_hours:,.1f} device-hours, disk {_bytes(all_disk)}")
-        if known and devices > 1:
-            lines.append(f"  on {devices} devices: ~{all_hours / devices:,.1f} h wall-clock at best, with the work "
-                         "split into experiments run side by side (one `dvc exp run --temp` per device, README \"Paper "
-                         "scale\"); one `dvc repro` runs its stages one after another")
-    return "\n".join(lines)
 
 
 @click.command("plan")
@@ -431,9 +258,12 @@ def command(params_file: str, preset: str | None, sets: tuple[str, ...], model_p
 
     Not a DVC stage: it reads params (and a preset) and the throughput table, and runs nothing.
     """
-    params, overrides = load_plan_params(params_file, preset, sets)
+    from memqa.plan_text import render
+
+    params = load_params(params_file, preset, sets)
+    overrides = len(preset_overrides(preset) if preset else []) + len(sets)
     table = load_table()
     result = plan(params, model_sizes(params, model_params), table, list(device_kinds) or None)
     source = params_file + (f" + {preset}" if preset else "") + (f" + {len(sets)} --set" if sets else "")
-    click.echo(f"memqa plan: {source} ({len(overrides)} overrides)")
+    click.echo(f"memqa plan: {source} ({overrides} overrides)")
     click.echo(render(result, params, table, devices))

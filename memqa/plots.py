@@ -4,8 +4,11 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
+from memqa import paths
+from memqa.config import Params
 from memqa.grid import grid_levels, read_grid
 from memqa.io import read_jsonl, write_csv, write_json
+from memqa.stats import cohen_kappa
 
 DOMAIN_TITLES = {"id": "in-domain", "ood": "out-of-domain"}
 
@@ -46,47 +49,67 @@ def plot_acc_vs_size(plt, rows: list[dict], model: str, out: Path, dpi: int) -> 
     return data
 
 
+def _diagonal_cells(row: dict | None, levels: range) -> tuple[list[float], list[str]]:
+    """One heat-map row: accuracy per test level (NaN where none) and its label (value, interval, facts)."""
+    values, texts = [], []
+    for test_level in levels:
+        value = None if row is None else row[f"L{test_level}"]
+        values.append(float("nan") if value is None else value)
+        texts.append("-" if value is None else f"{value:.0f}\n[{row[f'L{test_level}_low']:.0f}, "
+                     f"{row[f'L{test_level}_high']:.0f}]\nn={row[f'n_L{test_level}']}")
+    return values, texts
+
+
+def _diagonal_data(row: dict | None, model: str, domain: str, level: str, levels: range) -> list[dict]:
+    """The plot data of one heat-map row (plots/data/diagonal.csv)."""
+    data = []
+    for test_level in levels:
+        value = None if row is None else row[f"L{test_level}"]
+        data.append({"model": model, "domain": domain, "train_level": level, "test_level": test_level,
+                     "accuracy": value, "low": None if value is None else row[f"L{test_level}_low"],
+                     "high": None if value is None else row[f"L{test_level}_high"],
+                     "n": None if row is None else row[f"n_L{test_level}"]})
+    return data
+
+
+def _diagonal_panel(fig, ax, mine: list[dict], domain: str, size: str, train_levels: list[str],
+                    levels: range) -> list[dict]:
+    """One domain's train x test level heat map at one size; returns its plot data."""
+    grid, labels, data = [], [], []
+    for level in train_levels:
+        row = next((r for r in mine if r["domain"] == domain and r["train_level"] == level
+                    and (level == "base" or r["size"] == size)), None)
+        values, texts = _diagonal_cells(row, levels)
+        grid.append(values)
+        labels.append(texts)
+        data += _diagonal_data(row, mine[0]["model"], domain, level, levels)
+    image = ax.imshow(grid, cmap="viridis", vmin=0, vmax=100, aspect="auto")
+    for i, row_texts in enumerate(labels):
+        for j, text in enumerate(row_texts):
+            value = grid[i][j]
+            ax.text(j, i, text, ha="center", va="center", fontsize=6.5,
+                    color="white" if value != value or value < 60 else "black")
+    ax.set_xticks(range(len(levels)), [str(lv) for lv in levels])
+    ax.set_yticks(range(len(train_levels)), [f"train {lv}" if lv != "base" else "base (0 facts)"
+                                              for lv in train_levels])
+    ax.set_xlabel("test memory level")
+    ax.set_title(f"{DOMAIN_TITLES[domain]}, n={size}")
+    fig.colorbar(image, ax=ax, label="accuracy (%)")
+    return data
+
+
 def plot_diagonal(plt, rows: list[dict], model: str, out: Path, dpi: int) -> list[dict]:
     """Train level x test level accuracy at the largest numeric size (over seeds), id and ood; each cell shows
     the accuracy, its 95% interval and the number of test facts."""
-    data = []
-    levels = grid_levels(rows)
     mine = [r for r in rows if r["model"] == model]
     sizes = [int(r["size"]) for r in mine if r["train_level"] != "base" and r["size"].isdigit()]
     if not sizes:
-        return data
-    size = str(max(sizes))
+        return []
     train_levels = ["base"] + sorted({r["train_level"] for r in mine if r["train_level"] != "base"})
     fig, axes = plt.subplots(1, 2, figsize=(13, 1.2 + 0.9 * len(train_levels)))
-    for ax, (domain, title) in zip(axes, DOMAIN_TITLES.items(), strict=True):
-        grid, labels = [], []
-        for level in train_levels:
-            row = next((r for r in mine if r["domain"] == domain and r["train_level"] == level
-                        and (level == "base" or r["size"] == size)), None)
-            values, texts = [], []
-            for test_level in levels:
-                value = None if row is None else row[f"L{test_level}"]
-                values.append(float("nan") if value is None else value)
-                texts.append("-" if value is None else f"{value:.0f}\n[{row[f'L{test_level}_low']:.0f}, "
-                             f"{row[f'L{test_level}_high']:.0f}]\nn={row[f'n_L{test_level}']}")
-                data.append({"model": model, "domain": domain, "train_level": level, "test_level": test_level,
-                             "accuracy": value, "low": None if value is None else row[f"L{test_level}_low"],
-                             "high": None if value is None else row[f"L{test_level}_high"],
-                             "n": None if row is None else row[f"n_L{test_level}"]})
-            grid.append(values)
-            labels.append(texts)
-        image = ax.imshow(grid, cmap="viridis", vmin=0, vmax=100, aspect="auto")
-        for i, row_texts in enumerate(labels):
-            for j, text in enumerate(row_texts):
-                value = grid[i][j]
-                ax.text(j, i, text, ha="center", va="center", fontsize=6.5,
-                        color="white" if value != value or value < 60 else "black")
-        ax.set_xticks(range(len(levels)), [str(lv) for lv in levels])
-        ax.set_yticks(range(len(train_levels)), [f"train {lv}" if lv != "base" else "base (0 facts)"
-                                                  for lv in train_levels])
-        ax.set_xlabel("test memory level")
-        ax.set_title(f"{title}, n={size}")
-        fig.colorbar(image, ax=ax, label="accuracy (%)")
+    data = []
+    for ax, domain in zip(axes, DOMAIN_TITLES, strict=True):
+        data += _diagonal_panel(fig, ax, mine, domain, str(max(sizes)), train_levels, grid_levels(rows))
     fig.suptitle(f"{model}: accuracy [95% interval] by training level (rows) and test level (columns)")
     fig.tight_layout()
     fig.savefig(out / "png" / f"diagonal-{model}.png", dpi=dpi)
@@ -120,8 +143,6 @@ def plot_levels(plt, scores: dict[str, list[dict]], levels: range, out: Path, dp
 
 def plot_cross_model(plt, scores: dict[str, list[dict]], levels: range, out: Path, dpi: int) -> dict:
     """Level under model A vs model B for the same facts, with Cohen's kappa; {} with fewer than 2 models."""
-    from sklearn.metrics import cohen_kappa_score
-
     pairs = list(itertools.combinations(scores, 2))
     if not pairs:
         return {}
@@ -131,8 +152,8 @@ def plot_cross_model(plt, scores: dict[str, list[dict]], levels: range, out: Pat
         levels_b = {r["fact_id"]: r["level"] for r in scores[b]}
         shared = [(r["level"], levels_b[r["fact_id"]]) for r in scores[a] if r["fact_id"] in levels_b]
         matrix = [[sum(1 for x, y in shared if x == i and y == j) for j in levels] for i in levels]
-        kappa = cohen_kappa_score([x for x, _ in shared], [y for _, y in shared]) if shared else float("nan")
-        agreement[f"{a}~{b}"] = {"facts": len(shared), "cohen_kappa": None if kappa != kappa else round(kappa, 4),
+        agreement[f"{a}~{b}"] = {"facts": len(shared),
+                                 "cohen_kappa": cohen_kappa([x for x, _ in shared], [y for _, y in shared]),
                                  "same_level": round(sum(x == y for x, y in shared) / max(1, len(shared)), 4)}
         ax.imshow(matrix, cmap="Blues")
         for i, j in itertools.product(levels, levels):
@@ -149,16 +170,18 @@ def plot_cross_model(plt, scores: dict[str, list[dict]], levels: range, out: Pat
     return agreement
 
 
-def run_plot(models: list[str], grid_path: Path, probe_root: Path, out: Path, dpi: int, levels: range) -> dict:
+def run_plot(params: Params, out: Path, grid_path: Path = paths.GRID, probe_root: Path = paths.PROBE_DATA) -> dict:
+    """Every figure of the params' models (plot.dpi) from grid.csv and the probe scores, and their plot data."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    models, dpi, levels = list(params.models), params.plot.dpi, range(params.probe.n_levels)
     rows = read_grid(grid_path)
     (out / "png").mkdir(parents=True, exist_ok=True)
     (out / "data").mkdir(parents=True, exist_ok=True)
-    scores = {m: read_jsonl(probe_root / m / "scores.jsonl") for m in models}
+    scores = {m: read_jsonl(probe_root / paths.scores(m).relative_to(paths.PROBE_DATA)) for m in models}
     size_data, diagonal_data = [], []
     for model in models:
         size_data += plot_acc_vs_size(plt, rows, model, out, dpi)
@@ -171,5 +194,5 @@ def run_plot(models: list[str], grid_path: Path, probe_root: Path, out: Path, dp
     write_csv(data / "diagonal.csv", diagonal_data,
               ["model", "domain", "train_level", "test_level", "accuracy", "low", "high", "n"])
     write_csv(data / "levels.csv", level_data, ["model", "group", "level", "facts", "share"])
-    write_json(out / "data" / "cross_model.json", agreement)
+    write_json(data / "cross_model.json", agreement)
     return agreement

@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import random
 from collections import Counter, defaultdict
+from typing import TYPE_CHECKING
 
 from memqa.eq import relation_ids
 from memqa.errors import MemqaError
-from memqa.memory import GROUPS, n_levels
+from memqa.memory import GROUPS
 from memqa.paths import cell_name, size_label
 
-SHORT_POOL = ("use", "skip")
+if TYPE_CHECKING:
+    from memqa.config import Split
 
 
 def balanced_sample(pool: list[dict], n: int | None, seed: int) -> list[dict]:
@@ -36,32 +38,28 @@ def balanced_sample(pool: list[dict], n: int | None, seed: int) -> list[dict]:
     return chosen
 
 
-def build_splits(conf: dict, facts: list[dict], scores: list[dict], bounds: list[float],
-                 scores_path: str = "scores") -> tuple[dict[str, list[dict]], dict[str, list[dict]], dict]:
-    """(training sets by cell name, test sets by group, metrics) from the facts and this model's probe scores."""
-    if conf.get("short_pool", "use") not in SHORT_POOL:
-        raise MemqaError(f"split.short_pool must be one of {', '.join(SHORT_POOL)}, not {conf['short_pool']!r}")
-    by_id = {f["fact_id"]: f for f in facts}
-    missing = [s["fact_id"] for s in scores if s["fact_id"] not in by_id]
-    if missing:
-        raise MemqaError(f"{scores_path} scores facts absent from the facts table (e.g. {missing[0]}): rerun probe")
-    rows = [{**by_id[s["fact_id"]], "group": s["group"], "score": s["score"], "level": s["level"]} for s in scores]
-    groups = {g: [r for r in rows if r["group"] == g] for g in GROUPS}
+def _drop_test_questions(conf: Split, groups: dict[str, list[dict]]) -> list[dict]:
+    """The train facts whose question is also a test question (dropped from the pool with drop_test_overlap)."""
     # EntityQuestions repeats some test questions word for word in train (P36 capitals most): training on
     # them would be training on the test.
     test_questions = {r["question"] for g in GROUPS if g != "train" for r in groups[g]}
     overlap = [r for r in groups["train"] if r["question"] in test_questions]
-    if conf.get("drop_test_overlap", True):
+    if conf.drop_test_overlap:
         groups["train"] = [r for r in groups["train"] if r["question"] not in test_questions]
+    return overlap
+
+
+def _training_sets(conf: Split, train: list[dict]) -> tuple[dict[str, list[dict]], list[dict]]:
+    """(training set by cell name, what each cell got) for every level x size x seed of conf."""
     train_sets, cells = {}, []
-    for level in conf["levels"]:
-        pool = [r for r in groups["train"] if r["level"] == level]
-        for size in conf["sizes"]:
-            for seed in conf["seeds"]:
+    for level in conf.levels:
+        pool = [r for r in train if r["level"] == level]
+        for size in conf.sizes:
+            for seed in conf.seeds:
                 wanted = None if size_label(size) == "all" else int(size)
                 short = wanted is not None and len(pool) < wanted
-                skipped = (short and conf.get("short_pool", "use") == "skip") or not pool
-                chosen = [] if skipped else balanced_sample(pool, wanted, int(seed))
+                skipped = (short and conf.short_pool == "skip") or not pool
+                chosen = [] if skipped else balanced_sample(pool, wanted, seed)
                 train_sets[cell_name(level, size, seed)] = chosen
                 per_relation = defaultdict(int)
                 for r in chosen:
@@ -70,14 +68,28 @@ def build_splits(conf: dict, facts: list[dict], scores: list[dict], bounds: list
                               "requested": wanted if wanted is not None else len(pool), "actual": len(chosen),
                               "shortfall": max(0, (wanted or 0) - len(chosen)), "skipped": skipped,
                               "per_relation": dict(per_relation)})
+    return train_sets, cells
+
+
+def build_splits(conf: Split, facts: list[dict], scores: list[dict], n_levels: int,
+                 scores_path: str = "scores") -> tuple[dict[str, list[dict]], dict[str, list[dict]], dict]:
+    """(training sets by cell name, test sets by group, metrics) from the facts and this model's probe scores."""
+    by_id = {f["fact_id"]: f for f in facts}
+    missing = [s["fact_id"] for s in scores if s["fact_id"] not in by_id]
+    if missing:
+        raise MemqaError(f"{scores_path} scores facts absent from the facts table (e.g. {missing[0]}): rerun probe")
+    rows = [{**by_id[s["fact_id"]], "group": s["group"], "score": s["score"], "level": s["level"]} for s in scores]
+    groups = {g: [r for r in rows if r["group"] == g] for g in GROUPS}
+    overlap = _drop_test_questions(conf, groups)
+    train_sets, cells = _training_sets(conf, groups["train"])
     relations = sorted({r["relation"] for r in rows}, key=lambda r: (len(r), r))
     metrics = {
-        "level_counts": {g: [sum(r["level"] == lv for r in rs) for lv in range(n_levels(bounds))]
+        "level_counts": {g: [sum(r["level"] == lv for r in rs) for lv in range(n_levels)]
                          for g, rs in groups.items()},
         "mean_score_by_relation": {
             rel: round(sum(r["score"] for r in rows if r["relation"] == rel) /
                        sum(r["relation"] == rel for r in rows), 4) for rel in relations},
-        "train_test_overlap": {"dropped": bool(conf.get("drop_test_overlap", True)), "facts": len(overlap),
+        "train_test_overlap": {"dropped": conf.drop_test_overlap, "facts": len(overlap),
                                "per_relation": dict(sorted(Counter(r["relation"] for r in overlap).items()))},
         "cells_short": sum(c["shortfall"] > 0 for c in cells),
         "cells_skipped": sum(c["skipped"] for c in cells),

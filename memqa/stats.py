@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from memqa.accuracy import headline
+from memqa.accuracy import headline, kept_accuracies
 
 CONFIDENCE = 0.95
 
@@ -42,17 +42,26 @@ class Estimate:
                 "facts": self.facts, "seeds": self.seeds}
 
 
-def level_accuracies(correct: np.ndarray, levels: np.ndarray, n_levels: int, min_facts: int) -> list[float | None]:
-    """Accuracy (%) per test level, mean over seeds; None for a level holding fewer than min_facts facts."""
-    out: list[float | None] = []
+def level_accuracies(correct: np.ndarray, levels: np.ndarray, n_levels: int) -> tuple[list[float | None], list[int]]:
+    """Accuracy (%) per test level, mean over seeds (None for a level without facts), and facts per level."""
+    accuracies: list[float | None] = []
+    counts = []
     for level in range(n_levels):
         mask = levels == level
-        out.append(100.0 * float(correct[:, mask].mean()) if mask.sum() >= max(1, min_facts) else None)
-    return out
+        counts.append(int(mask.sum()))
+        accuracies.append(100.0 * float(correct[:, mask].mean()) if counts[-1] else None)
+    return accuracies, counts
+
+
+def kept_level_accuracies(correct: np.ndarray, levels: np.ndarray, n_levels: int,
+                          min_facts: int) -> list[float | None]:
+    """Accuracy (%) per test level, None for a level the min-facts rule (memqa.accuracy) leaves out."""
+    return kept_accuracies(*level_accuracies(correct, levels, n_levels), min_facts)
 
 
 def headline_of(correct: np.ndarray, test_levels: np.ndarray, n_levels: int, min_facts: int) -> float:
-    value = headline(level_accuracies(correct, test_levels, n_levels, min_facts))
+    """memqa.accuracy.headline of a correctness matrix, NaN where it is undefined: the bootstrap's statistic."""
+    value = headline(*level_accuracies(correct, test_levels, n_levels), min_facts)
     return float("nan") if value is None else value
 
 
@@ -112,3 +121,21 @@ def level_slope(accuracies: Sequence[float | None]) -> float:
     x = np.array([p[0] for p in points], dtype=float)
     y = np.array([p[1] for p in points], dtype=float)
     return float(np.polyfit(x, y, 1)[0])
+
+
+def cohen_kappa(a: Sequence, b: Sequence, labels: Sequence | None = None, weights: str | None = None) -> float | None:
+    """Cohen's kappa of two labellings of the same items, to 4 places; None where it is undefined (constant input)."""
+    from sklearn.metrics import cohen_kappa_score
+
+    if not len(a):
+        return None
+    value = cohen_kappa_score(list(a), list(b), labels=None if labels is None else list(labels), weights=weights)
+    return None if value != value else round(float(value), 4)
+
+
+def spearman(a: Sequence[float], b: Sequence[float]) -> float | None:
+    """Spearman's rank correlation, to 4 places; None where it is undefined (constant input)."""
+    from scipy.stats import spearmanr
+
+    value = spearmanr(list(a), list(b)).statistic
+    return None if value != value else round(float(value), 4)

@@ -8,7 +8,6 @@ Only the main process writes files.
 """
 from __future__ import annotations
 
-import inspect
 import itertools
 import json
 import math
@@ -17,7 +16,9 @@ import resource
 import shutil
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -25,40 +26,29 @@ from memqa.distributed import is_main_process, process_state
 from memqa.errors import MemqaError
 from memqa.io import write_csv, write_json
 from memqa.models import compute_dtype, load_base, precision
-from memqa.prompts import qa_prompt
+from memqa.sft_batches import (
+    EpochSampler,
+    accepts_logits_to_keep,
+    answer_tokens,
+    collate,
+    per_device_batch,
+    qa_example,
+    summed_loss,
+)
+
+if TYPE_CHECKING:
+    from memqa.config import Sft
 
 
-def qa_example(tokenizer, question: str, answer: str, max_length: int) -> dict[str, list[int]]:
-    """`<|question|> Q <|answer|>` + ` A` + EOS; labels are -100 on the prompt, so loss is on the answer."""
-    prompt = tokenizer(qa_prompt(question))["input_ids"]
-    whole = tokenizer(qa_prompt(question) + " " + answer)["input_ids"]
-    if whole[:len(prompt)] != prompt:
-        whole = prompt + tokenizer(" " + answer, add_special_tokens=False)["input_ids"]
-    ids = (whole + [tokenizer.eos_token_id])[:max_length]
-    labels = [-100] * len(prompt) + ids[len(prompt):]
-    return {"input_ids": ids, "labels": labels[:len(ids)]}
-
-
-def collate(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
-    width = max(len(e["input_ids"]) for e in examples)
-    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(examples), width), -100, dtype=torch.long)
-    mask = torch.zeros((len(examples), width), dtype=torch.long)
-    for i, e in enumerate(examples):
-        n = len(e["input_ids"])
-        ids[i, :n], labels[i, :n], mask[i, :n] = torch.tensor(e["input_ids"]), torch.tensor(e["labels"]), 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
-
-
-def load_trainable(model_dir: Path, method: str, conf: dict, local_rank: int = 0):
+def load_trainable(model_dir: Path, conf: Sft, local_rank: int = 0):
     """load_base, plus LoRA adapters on every linear layer for qlora/lora; all weights train for full."""
-    model, tokenizer = load_base(model_dir, method, conf, local_rank, training=True)
-    if method in ("qlora", "lora"):
+    model, tokenizer = load_base(model_dir, conf.method, conf, local_rank, training=True)
+    if conf.method in ("qlora", "lora"):
         from peft import LoraConfig, get_peft_model
 
         model.requires_grad_(False)
-        lora = LoraConfig(r=int(conf["lora_r"]), lora_alpha=int(conf["lora_alpha"]),
-                          lora_dropout=float(conf["lora_dropout"]), target_modules="all-linear",
+        lora = LoraConfig(r=conf.lora_r, lora_alpha=conf.lora_alpha, lora_dropout=conf.lora_dropout,
+                          target_modules="all-linear",
                           task_type="CAUSAL_LM")
         model = get_peft_model(model, lora)
     return model, tokenizer
@@ -69,68 +59,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     if torch.cuda.is_available():
         torch.cuda.manual_seed_all(seed)
-
-
-def per_device_batch(batch_size: int, processes: int, grad_accum: int) -> int:
-    """sft.batch_size is the global batch: processes x grad_accum micro-batches of this many examples."""
-    parts = processes * grad_accum
-    if batch_size % parts:
-        fit = batch_size + (-batch_size) % parts
-        raise MemqaError(f"sft.batch_size {batch_size} is the global batch and must be a multiple of processes "
-                         f"({processes}) x sft.grad_accum ({grad_accum}) = {parts}: set -S sft.batch_size={fit}, "
-                         "or launch a number of processes that divides it")
-    return batch_size // parts
-
-
-class EpochSampler(torch.utils.data.Sampler):
-    """A seeded permutation of the n examples per epoch, then `pad` copies of index n (a blank example: no
-    loss), so that the sampled length is a multiple of `multiple` (per-device batch x processes).
-
-    accelerate's sharding then gives every process the same number of full micro-batches, and step k of any
-    launch holds examples k*B .. (k+1)*B-1 of the permutation (B the global batch): the blanks fill the last
-    step, where accelerate's own `even_batches` would repeat the first examples instead."""
-
-    def __init__(self, n: int, multiple: int, seed: int):
-        self.n, self.pad = n, (-n) % multiple
-        self.generator = torch.Generator().manual_seed(seed)  # named `generator`: accelerate keeps it in sync
-
-    def __len__(self) -> int:
-        return self.n + self.pad
-
-    def __iter__(self):
-        yield from torch.randperm(self.n, generator=self.generator).tolist()
-        yield from [self.n] * self.pad
-
-
-def answer_tokens(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Tokens the loss counts: labels after the causal shift that are not -100."""
-    return (batch["labels"][:, 1:] != -100).sum()
-
-
-def accepts_logits_to_keep(model) -> bool:
-    """Whether the (unwrapped, peft-unwrapped) causal LM can compute logits at chosen positions only."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "logits_to_keep" in inspect.signature(type(base).forward).parameters
-
-
-def summed_loss(model, batch: dict[str, torch.Tensor], answer_positions_only: bool = False) -> torch.Tensor:
-    """Cross-entropy summed over the answer tokens of a micro-batch (fp32 logits), for a global token mean.
-
-    answer_positions_only: the output layer runs only at positions that predict an answer token in some row
-    (`logits_to_keep` with their indices). The loss is the same sum over the same tokens; the work saved is
-    the output layer at prompt and padding positions, most of a small model's step when its vocabulary is
-    large (Gemma's 262k-word head holds 63% of the 270M model's parameters).
-    """
-    targets = batch["labels"][:, 1:]
-    if answer_positions_only:
-        keep = (targets != -100).any(0).nonzero().squeeze(1)  # position t predicts token t + 1
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                       logits_to_keep=keep).logits
-        targets = targets[:, keep]
-    else:
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
-    return torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(),
-                                             ignore_index=-100, reduction="sum")
 
 
 def start_live(live_dir: Path | None):
@@ -154,95 +82,133 @@ def end_live(live, summary: dict | None = None) -> None:
             (plots / f"{name}.tsv").write_text(f"step\t{name}\n")
 
 
-def train(model, tokenizer, facts: list[dict], conf: dict, method: str, seed: int, log_path: Path,
-          live_dir: Path | None = None) -> dict:
-    """One run of SFT on facts (question, answers[0]); the main process writes loss and lr per optimizer step
-    to log_path (CSV) and to DVCLive in live_dir."""
+@dataclass
+class Run:
+    """What one SFT run holds while it steps: the prepared model, optimizer, schedule and batches."""
+    accelerator: Any
+    model: Any
+    optimizer: Any
+    scheduler: Any
+    loader: Any
+    grad_accum: int
+    sharded: bool  # FSDP: full fine-tuning, parameters sharded over processes
+    answer_positions_only: bool
+
+
+def _accelerator(conf: Sft):
     from accelerate import Accelerator
     from accelerate.utils import DistributedType
+
+    # Full fine-tuning: fp32 master weights, and autocast for a lower compute dtype. Adapters already hold
+    # their weights in fp32 (peft) over a frozen base in the compute dtype.
+    dtype = compute_dtype(conf)
+    mixed = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "no") if conf.method == "full" else "no"
+    accelerator = Accelerator(mixed_precision=mixed, cpu=not torch.cuda.is_available())
+    sharded = accelerator.distributed_type == DistributedType.FSDP
+    if sharded and conf.method != "full":
+        raise MemqaError(f"sft.method {conf.method} under FSDP is not supported: launch adapters with "
+                         "configs/accelerate/ddp.yaml (FSDP is for full fine-tuning)")
+    return accelerator, sharded
+
+
+def setup(model, tokenizer, facts: list[dict], conf: Sft, seed: int) -> tuple[Run, dict]:
+    """The run (model prepared before the optimizer: FSDP replaces the parameters) and what it records."""
     from transformers import get_cosine_schedule_with_warmup
 
     seed_everything(seed)
-    torch.use_deterministic_algorithms(bool(conf.get("deterministic", True)), warn_only=True)
-    dtype = compute_dtype(conf, method)
-    # Full fine-tuning: fp32 master weights, and autocast for a lower compute dtype. Adapters already hold
-    # their weights in fp32 (peft) over a frozen base in the compute dtype.
-    mixed = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "no") if method == "full" else "no"
-    accelerator = Accelerator(mixed_precision=mixed, cpu=not torch.cuda.is_available())
-    sharded = accelerator.distributed_type == DistributedType.FSDP
-    if sharded and method != "full":
-        raise MemqaError(f"sft.method {method} under FSDP is not supported: launch adapters with "
-                         "configs/accelerate/ddp.yaml (FSDP is for full fine-tuning)")
-    processes, grad_accum = accelerator.num_processes, int(conf["grad_accum"])
-    global_batch, epochs = int(conf["batch_size"]), int(conf["epochs"])
-    per_device = per_device_batch(global_batch, processes, grad_accum)
-    examples = [qa_example(tokenizer, f["question"], f["answers"][0], int(conf["max_length"])) for f in facts]
+    torch.use_deterministic_algorithms(conf.deterministic, warn_only=True)
+    accelerator, sharded = _accelerator(conf)
+    processes = accelerator.num_processes
+    per_device = per_device_batch(conf.batch_size, processes, conf.grad_accum)
+    examples = [qa_example(tokenizer, f["question"], f["answers"][0], conf.max_length) for f in facts]
     blank = {"input_ids": [tokenizer.pad_token_id], "labels": [-100]}
     sampler = EpochSampler(len(examples), per_device * processes if processes > 1 else 1, seed)
     loader = torch.utils.data.DataLoader(examples + [blank], batch_size=per_device, sampler=sampler,
                                          collate_fn=lambda batch: collate(batch, tokenizer.pad_token_id))
-    lr = float(conf["lr_full"] if method == "full" else conf["lr"])
+    lr = conf.lr_full if conf.method == "full" else conf.lr
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    steps = math.ceil(len(examples) / global_batch) * epochs
+    steps = math.ceil(len(examples) / conf.batch_size) * conf.epochs
     answer_positions_only = accepts_logits_to_keep(model)
-    model = accelerator.prepare(model)  # before the optimizer: FSDP replaces the parameters
+    model = accelerator.prepare(model)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr,
-                                  weight_decay=float(conf["weight_decay"]))
+                                  weight_decay=conf.weight_decay)
     optimizer, loader = accelerator.prepare(optimizer, loader)
     # Not prepared: stepped here once per optimizer step (accelerate would step it once per process).
-    scheduler = get_cosine_schedule_with_warmup(optimizer, int(float(conf["warmup_ratio"]) * steps), steps)
-    model.train()
+    scheduler = get_cosine_schedule_with_warmup(optimizer, int(conf.warmup_ratio * steps), steps)
+    info = {"method": conf.method, "facts": len(facts), "steps": 0, "epochs": conf.epochs, "lr": lr,
+            "device": str(accelerator.device), "processes": processes,
+            "distributed": accelerator.distributed_type.value, "global_batch": conf.batch_size,
+            "per_device_batch": per_device, "grad_accum": conf.grad_accum,
+            "dtype": str(compute_dtype(conf)).removeprefix("torch."),
+            "precision": precision(conf, conf.method, training=True), "trainable_parameters": n_trainable}
+    return Run(accelerator, model, optimizer, scheduler, loader, conf.grad_accum, sharded, answer_positions_only), info
+
+
+def train_step(run: Run, group: list[dict]) -> tuple[float, float, torch.Tensor]:
+    """One optimizer step over grad_accum micro-batches on each process: (mean answer-token loss of the global
+    batch, the lr the step used, tokens it read on this process).
+
+    Every micro-batch's summed token loss is divided by the answer tokens of the whole global batch (times P:
+    DDP and FSDP average gradients over processes), so the gradient is the global token mean whatever P and
+    grad_accum."""
+    accelerator = run.accelerator
+    counted = accelerator.reduce(torch.stack([answer_tokens(b) for b in group]).sum(), "sum")
+    scale = accelerator.num_processes / counted.clamp(min=1).float()
+    step_loss = torch.zeros((), device=accelerator.device)
+    tokens = torch.zeros((), dtype=torch.long)
+    for i, batch in enumerate(group):
+        # FSDP's no_sync would keep full unsharded gradients: it syncs every micro-batch instead
+        quiet = i < len(group) - 1 and not run.sharded
+        with accelerator.no_sync(run.model) if quiet else nullcontext():
+            loss = summed_loss(run.model, batch, run.answer_positions_only)
+            accelerator.backward(loss * scale)
+        step_loss += loss.detach()
+        tokens += batch["attention_mask"][(batch["labels"] != -100).any(1)].sum().cpu()
+    run.optimizer.step()
+    applied = run.scheduler.get_last_lr()[0]
+    run.scheduler.step()
+    run.optimizer.zero_grad()
+    return float(accelerator.reduce(step_loss, "sum") / counted.clamp(min=1)), applied, tokens
+
+
+def log_step(log: list[dict], live, loss: float, lr: float) -> None:
+    """The step's loss and lr: to the CSV rows, and to DVCLive (so `dvc exp show` follows a running run)."""
+    log.append({"step": len(log) + 1, "loss": round(loss, 5), "lr": lr})
+    if live is not None:
+        live.step = len(log)
+        live.log_metric("loss", round(loss, 5))
+        live.log_metric("lr", lr)
+        live.next_step()
+
+
+def train(model, tokenizer, facts: list[dict], conf: Sft, seed: int, log_path: Path,
+          live_dir: Path | None = None) -> dict:
+    """One run of SFT on facts (question, answers[0]); the main process writes loss and lr per optimizer step
+    to log_path (CSV) and to DVCLive in live_dir."""
+    run, info = setup(model, tokenizer, facts, conf, seed)
+    run.model.train()
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     live = start_live(live_dir)
-    started, tokens, step, log = time.time(), torch.zeros((), dtype=torch.long), 0, []
-    for _ in range(epochs):
-        batches = iter(loader)
-        while group := list(itertools.islice(batches, grad_accum)):
-            # One optimizer step: grad_accum micro-batches on each process. Every micro-batch's summed token
-            # loss is divided by the answer tokens of the whole global batch (times P: DDP and FSDP average
-            # gradients over processes), so the gradient is the global token mean whatever P and grad_accum.
-            counted = accelerator.reduce(torch.stack([answer_tokens(b) for b in group]).sum(), "sum")
-            scale = processes / counted.clamp(min=1).float()
-            step_loss = torch.zeros((), device=accelerator.device)
-            for i, batch in enumerate(group):
-                # FSDP's no_sync would keep full unsharded gradients: it syncs every micro-batch instead
-                quiet = i < len(group) - 1 and not sharded
-                with accelerator.no_sync(model) if quiet else nullcontext():
-                    loss = summed_loss(model, batch, answer_positions_only)
-                    accelerator.backward(loss * scale)
-                step_loss += loss.detach()
-                tokens += batch["attention_mask"][(batch["labels"] != -100).any(1)].sum().cpu()
-            optimizer.step()
-            applied = scheduler.get_last_lr()[0]  # the lr this step used
-            scheduler.step()
-            optimizer.zero_grad()
-            step += 1
-            mean = float(accelerator.reduce(step_loss, "sum") / counted.clamp(min=1))
-            log.append({"step": step, "loss": round(mean, 5), "lr": applied})
-            if live is not None:
-                live.step = step
-                live.log_metric("loss", round(mean, 5))
-                live.log_metric("lr", applied)
-                live.next_step()
+    started, tokens, log = time.time(), torch.zeros((), dtype=torch.long), []
+    for _ in range(conf.epochs):
+        batches = iter(run.loader)
+        while group := list(itertools.islice(batches, run.grad_accum)):
+            loss, lr, read = train_step(run, group)
+            tokens += read
+            log_step(log, live, loss, lr)
     wall = time.time() - started
-    tokens = int(accelerator.reduce(tokens.to(accelerator.device), "sum"))
-    model.eval()
-    if accelerator.is_main_process:
+    tokens = int(run.accelerator.reduce(tokens.to(run.accelerator.device), "sum"))
+    run.model.eval()
+    if run.accelerator.is_main_process:
         write_csv(log_path, log, ["step", "loss", "lr"])
     end_live(live)
     peak = (torch.cuda.max_memory_allocated() if torch.cuda.is_available()
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    return {
-        "method": method, "facts": len(facts), "steps": step, "epochs": epochs, "lr": lr,
-        "device": str(accelerator.device), "processes": processes, "distributed": accelerator.distributed_type.value,
-        "global_batch": global_batch, "per_device_batch": per_device, "grad_accum": grad_accum,
-        "dtype": str(dtype).removeprefix("torch."), "precision": precision(conf, method, training=True),
-        "trainable_parameters": n_trainable, "wall_s": round(wall, 2),
-        "tokens_per_s": round(tokens / wall, 1) if wall else None,
-        "peak_memory_mb": round(peak / 2**20, 1), "final_loss": log[-1]["loss"] if log else None,
-        "model": model, "accelerator": accelerator,
-    }
+    return {**info, "steps": len(log), "wall_s": round(wall, 2),
+            "tokens_per_s": round(tokens / wall, 1) if wall else None,
+            "peak_memory_mb": round(peak / 2**20, 1), "final_loss": log[-1]["loss"] if log else None,
+            "model": run.model, "accelerator": run.accelerator}
 
 
 def save_trained(accelerator, model, tokenizer, method: str, dtype: torch.dtype, folder: Path) -> None:
@@ -267,18 +233,17 @@ def save_trained(accelerator, model, tokenizer, method: str, dtype: torch.dtype,
     accelerator.wait_for_everyone()
 
 
-def fine_tune(facts: list[dict], conf: dict, seed: int, model_dir: Path, out_dir: Path, log_path: Path,
+def fine_tune(facts: list[dict], conf: Sft, seed: int, model_dir: Path, out_dir: Path, log_path: Path,
               live_dir: Path | None = None, scratch_dir: Path | None = None) -> dict:
     """Train on facts and save the adapter (or full weights) and train_info.json into out_dir, atomically; under
     `accelerate launch` every process trains, only the main one writes.
 
     Full fine-tuning with sft.keep_weights false: out_dir holds only train_info.json, and the weights go to
-    scratch_dir (not DVC-tracked), which the evaluate stage reads and then deletes (README "Disk").
+    scratch_dir (not DVC-tracked), which the evaluate stage reads and then deletes (docs/paper-scale.md, "Disk").
     An empty training set (a level pool with no facts, recorded by split) trains nothing; evaluate reports it.
     """
-    method = conf["method"]
-    # full weights dropped after evaluation (raw conf dicts without the key keep them); nothing to drop untrained
-    drop = method == "full" and not conf.get("keep_weights", True) and bool(facts)
+    method = conf.method
+    drop = method == "full" and not conf.keep_weights and bool(facts)  # nothing to drop untrained
     weights_dir = (scratch_dir or out_dir.with_name(out_dir.name + ".scratch")) if drop else out_dir
     state = process_state()
     staging = out_dir.with_name(out_dir.name + ".partial")
@@ -294,10 +259,10 @@ def fine_tune(facts: list[dict], conf: dict, seed: int, model_dir: Path, out_dir
             end_live(start_live(live_dir), {"step": 0, "skipped": True})
     else:
         seed_everything(seed)  # the adapters' random init is part of the seed's training randomness
-        model, tokenizer = load_trainable(model_dir, method, conf, local_rank=state.local_process_index)
-        info = train(model, tokenizer, facts, conf, method, seed, log_path, live_dir)
+        model, tokenizer = load_trainable(model_dir, conf, local_rank=state.local_process_index)
+        info = train(model, tokenizer, facts, conf, seed, log_path, live_dir)
         trained, accelerator = info.pop("model"), info.pop("accelerator")
-        save_trained(accelerator, trained, tokenizer, method, compute_dtype(conf, method), weights_staging)
+        save_trained(accelerator, trained, tokenizer, method, compute_dtype(conf), weights_staging)
         info["skipped"] = False
     if drop:
         info["weights"] = {"kept": False, "dir": str(weights_dir)}

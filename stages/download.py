@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from memqa import eq, paths
-from memqa.config import load_params, require, section
+from memqa.config import load_params
 from memqa.environment import with_versions
 from memqa.io import json_text, jsonl_text, write_all
 from memqa.options import params_option
@@ -30,9 +30,7 @@ def main(params_file: str, raw_dir: Path, facts_path: Path, meta_path: Path) -> 
     variable MEMQA_EQ_SOURCE overrides it, for offline machines. Every file is checked against the
     shipped sha256 manifest; subsampling (download.per_relation, download.seed) is deterministic.
     """
-    conf = section(load_params(params_file), "download")
-    source = os.environ.get(eq.SOURCE_ENV) or require(conf, "source", "download")
-    rows, meta = eq.download(source, require(conf, "per_relation", "download"), int(conf.get("seed", 0)), raw_dir)
+    rows, meta = eq.download(load_params(params_file).download, raw_dir, os.environ.get(eq.SOURCE_ENV))
     write_all({facts_path: jsonl_text(rows), meta_path: json_text(with_versions(meta))})
     click.echo(f"download: {meta['facts']} facts from {meta['files_verified']} verified files "
                f"in {meta['wall_s']} s -> {facts_path}")

@@ -13,14 +13,13 @@ import click
 
 from memqa import paths
 from memqa.accuracy import DOMAINS
-from memqa.config import load_params, section
+from memqa.config import load_params
 from memqa.distributed import is_main_process, relaunch
 from memqa.environment import with_versions
 from memqa.errors import MemqaError
 from memqa.evaluation import drop_scratch_weights, evaluate_cell
 from memqa.facts import read_facts
 from memqa.io import json_text, jsonl_text, write_all
-from memqa.memory import n_levels
 from memqa.options import SIZE, model_option, params_option
 
 
@@ -55,9 +54,8 @@ def main(model_name: str, base: bool, level: int | None, size: str | None, seed:
     if code is not None:
         raise SystemExit(code)
     predictions, metrics = evaluate_cell(facts, None if base else paths.sft_dir(model_name, cell),
-                                         paths.model_dir(model_name), section(params, "evaluate"),
-                                         section(params, "sft"), n_levels(section(params, "probe")["level_bounds"]),
-                                         section(params, "report")["min_level_facts"])
+                                         paths.model_dir(model_name), params.evaluate, params.sft,
+                                         params.probe.n_levels, params.report.min_level_facts)
     if not is_main_process():  # every process predicted its share; only the main one writes
         return
     write_all({paths.predictions(model_name, cell): jsonl_text(predictions),

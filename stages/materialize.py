@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from memqa import paths
-from memqa.config import load_params, model_spec, require
+from memqa.config import load_params
 from memqa.environment import with_versions
 from memqa.io import write_json
 from memqa.models import materialize
@@ -28,12 +28,10 @@ def main(model_name: str, params_file: str, out_dir: Path | None, info_path: Pat
     A GGUF is dequantised and saved as safetensors + tokenizer, so later stages load in seconds.
     What was materialised (source, sha256, parameter count, dtype) goes to metrics/<model>/model.json.
     """
-    name = model_name
-    spec = model_spec(load_params(params_file), name)
-    out_dir = out_dir or paths.model_dir(name)
-    info = materialize(require(spec, "source", f"models.{name}"), out_dir, spec["dtype"], spec.get("revision"))
-    write_json(info_path or paths.model_info(name), with_versions(info))
-    click.echo(f"materialize: {name} ({info['parameters']:,} parameters) in {info['wall_s']} s -> {out_dir}")
+    out_dir = out_dir or paths.model_dir(model_name)
+    info = materialize(load_params(params_file).model(model_name), out_dir)
+    write_json(info_path or paths.model_info(model_name), with_versions(info))
+    click.echo(f"materialize: {model_name} ({info['parameters']:,} parameters) in {info['wall_s']} s -> {out_dir}")
     click.echo(json.dumps(info["provenance"]))
 
 

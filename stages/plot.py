@@ -12,8 +12,7 @@ from pathlib import Path
 import click
 
 from memqa import paths
-from memqa.config import load_params, section
-from memqa.memory import levels
+from memqa.config import load_params
 from memqa.options import params_option
 from memqa.plots import run_plot
 
@@ -23,10 +22,7 @@ from memqa.plots import run_plot
 @click.option("--out", "out_dir", default=str(paths.PLOTS), show_default=True, type=click.Path(path_type=Path))
 def main(params_file: str, out_dir: Path) -> None:
     """Draw accuracy vs size, the train x test level heat map, level distributions and cross-model agreement."""
-    params = load_params(params_file)
-    models = list(section(params, "models"))
-    agreement = run_plot(models, paths.GRID, Path("data/probe"), out_dir, int(section(params, "plot").get("dpi", 120)),
-                         levels(section(params, "probe")["level_bounds"]))
+    agreement = run_plot(load_params(params_file), out_dir, paths.GRID, paths.PROBE_DATA)
     click.echo(f"plot: figures in {out_dir}/; cross-model kappa {json.dumps(agreement)}")
 
 

@@ -16,13 +16,13 @@ from pathlib import Path
 import click
 
 from memqa import paths
-from memqa.config import load_params, model_spec, section
+from memqa.config import load_params
 from memqa.distributed import is_main_process, relaunch
 from memqa.environment import with_versions
 from memqa.facts import read_facts
 from memqa.io import json_text, jsonl_text, write_all
 from memqa.options import model_option, params_option
-from memqa.probing import run_probe
+from memqa.probe import run_probe
 
 
 @click.command("probe")
@@ -45,13 +45,12 @@ def main(model_name: str, params_file: str, facts_path: Path, cache_root: Path) 
     the same as one process writes.
     """
     params = load_params(params_file)
-    conf = section(params, "probe")
-    model_spec(params, model_name)
+    params.model(model_name)  # a model not under `models` is one line, before anything loads
     facts = read_facts(facts_path)  # checked before any model loads
     code = relaunch(sys.argv)  # $MEMQA_ACCELERATE: this command again, under `accelerate launch`
     if code is not None:
         raise SystemExit(code)
-    rows, metrics = run_probe(model_name, conf, facts, paths.model_dir(model_name), cache_root,
+    rows, metrics = run_probe(model_name, params.probe, facts, paths.model_dir(model_name), cache_root,
                               paths.TEMPLATES_FILE, facts_path)
     if not is_main_process():  # every process scored its shards; only the main one writes
         return

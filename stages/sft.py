@@ -12,7 +12,7 @@ import sys
 import click
 
 from memqa import paths
-from memqa.config import load_params, section
+from memqa.config import load_params
 from memqa.distributed import is_main_process, relaunch
 from memqa.environment import with_versions
 from memqa.facts import read_facts
@@ -39,7 +39,7 @@ def main(model_name: str, level: int, size: str, seed: int, params_file: str) ->
     sft.batch_size is the global batch; under `accelerate launch` (or with $MEMQA_ACCELERATE holding launcher
     options) each of P processes takes batch_size / (P x grad_accum) per micro-batch.
     """
-    conf = section(load_params(params_file), "sft")
+    conf = load_params(params_file).sft
     cell = paths.cell_name(level, size, seed)
     fix = f"rerun `dvc repro split@{model_name}` (split.levels/sizes/seeds must hold this cell)"
     facts = read_facts(paths.train_set(model_name, cell), fix, allow_empty=True)  # before any model loads

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from memqa import paths
-from memqa.config import load_params, section
+from memqa.config import load_params
 from memqa.environment import with_versions
 from memqa.facts import read_facts
 from memqa.io import json_text, jsonl_text, read_jsonl, write_all
@@ -32,8 +32,7 @@ def main(model_name: str, params_file: str, facts_path: Path) -> None:
     scores_path = paths.scores(model_name)
     facts = read_facts(facts_path)
     scores = read_jsonl(scores_path, f"rerun `dvc repro probe@{model_name}`")
-    train_sets, tests, metrics = build_splits(section(params, "split"), facts, scores,
-                                              section(params, "probe")["level_bounds"], str(scores_path))
+    train_sets, tests, metrics = build_splits(params.split, facts, scores, params.probe.n_levels, str(scores_path))
     outputs = {paths.train_set(model_name, cell): jsonl_text(rows) for cell, rows in train_sets.items()}
     outputs |= {paths.test_set(model_name, domain): jsonl_text(rows) for domain, rows in tests.items()}
     write_all({**outputs, paths.split_metrics(model_name): json_text(with_versions(metrics))})  # all or none

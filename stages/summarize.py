@@ -10,11 +10,11 @@ from pathlib import Path
 import click
 
 from memqa import grid, paths
-from memqa.config import load_params, section
+from memqa.config import load_params
 from memqa.environment import with_versions
 from memqa.io import csv_text, json_text, write_all
-from memqa.memory import n_levels
 from memqa.options import params_option
+from memqa.study import load_studies
 from memqa.verdicts import all_verdicts
 
 
@@ -30,17 +30,13 @@ def main(params_file: str, metrics_root: Path) -> None:
     Metrics of cells no longer in the params are not read; a cell in the params without metrics is an error.
     """
     params = load_params(params_file)
-    report = section(params, "report")
-    levels = n_levels(section(params, "probe")["level_bounds"])
-    models = list(section(params, "models"))
-    cells = grid.read_cells(metrics_root, Path("data/eval"), grid.current_cells(models, section(params, "split")))
-    studies = grid.studies(cells, grid.training_relations(cells), levels)
-    rows = grid.grid_rows(studies, cells, report["min_level_facts"], report["bootstrap_replicates"])
-    verdicts = all_verdicts(studies, report["margin"], report["min_level_facts"])
-    write_all({metrics_root / "grid.csv": csv_text(rows, grid.columns(levels)),
-               metrics_root / "summary.json": json_text(with_versions(grid.summary(rows))),
-               metrics_root / "verdicts.json": json_text(verdicts)})
-    click.echo(f"summarize: {len(rows)} rows -> {metrics_root}/grid.csv; "
+    studies = load_studies(params, metrics_root, paths.EVAL_DATA)
+    rows = grid.grid_rows(studies, params.report)
+    verdicts = all_verdicts(studies, params.report)
+    write_all({metrics_root / paths.GRID.name: csv_text(rows, grid.columns(params.probe.n_levels)),
+               metrics_root / paths.SUMMARY.name: json_text(with_versions(grid.summary(rows))),
+               metrics_root / paths.VERDICTS.name: json_text(verdicts)})
+    click.echo(f"summarize: {len(rows)} rows -> {metrics_root / paths.GRID.name}; "
                f"{sum(v['verdict'] != 'inconclusive' for v in verdicts)} of {len(verdicts)} verdicts decided")
 
 

@@ -6,11 +6,16 @@ from pathlib import Path
 import pytest
 
 from memqa import eq as data
+from memqa.config import Download
 from memqa.errors import MemqaError
 
 
+def _download(per_relation: dict, paper_pools: bool = True) -> Download:
+    return Download(source="unused", per_relation=per_relation, seed=0, paper_pools=paper_pools)
+
+
 def test_every_real_question_yields_its_subject(eq_dir):
-    rows, _ = data.build_facts(eq_dir, {"train": None, "dev": None, "test": None}, seed=0, paper_pools=False)
+    rows, _ = data.build_facts(eq_dir, _download({"train": None, "dev": None, "test": None}, paper_pools=False))
     assert len(rows) == 220_703
     assert all(row["subject"] and row["subject"] in row["question"] for row in rows)
     domains = {row["relation"]: row["domain"] for row in rows}
@@ -71,7 +76,7 @@ def test_download_from_official_zip_layout(eq_dir, tmp_path):
     with zipfile.ZipFile(archive, "w") as zipped:
         for path in eq_dir.glob("*/P*.json"):
             zipped.write(path, f"dataset/{path.parent.name}/{path.name}")
-    rows, meta = data.download(str(archive), {"train": 5, "dev": 0, "test": 2}, 0, tmp_path / "raw")
+    rows, meta = data.download(_download({"train": 5, "dev": 0, "test": 2}), tmp_path / "raw", str(archive))
     assert meta["files_verified"] == 72
     assert meta["facts"] == 24 * 7 == len(rows)
     assert {row["split"] for row in rows} == {"train", "test"}
@@ -85,7 +90,7 @@ def test_subsample_is_deterministic_and_seed_dependent():
 
 
 def test_paper_pool_rule_gives_exactly_the_published_pool_sizes(eq_dir):
-    rows, dropped = data.build_facts(eq_dir, {"train": None, "dev": 0, "test": None}, seed=0)
+    rows, dropped = data.build_facts(eq_dir, _download({"train": None, "dev": 0, "test": None}))
     pools = Counter((r["split"], r["domain"]) for r in rows)
     assert pools[("train", "id")] == 75_944
     assert pools[("test", "id")] == 9_555
@@ -95,8 +100,9 @@ def test_paper_pool_rule_gives_exactly_the_published_pool_sizes(eq_dir):
 
 
 def test_download_records_what_the_pool_rule_dropped(eq_dir, tmp_path):
-    rows, meta = data.download(str(eq_dir), {"train": 5, "dev": 0, "test": 2}, 0, tmp_path / "raw")
+    rows, meta = data.download(_download({"train": 5, "dev": 0, "test": 2}), tmp_path / "raw", str(eq_dir))
     assert meta["paper_pools"] is True and meta["dropped_by_pool_rule"]["train/id"]["several_answers"] > 0
     assert all(len(r["answers"]) == 1 for r in rows)
-    _, off = data.download(str(eq_dir), {"train": 5, "dev": 0, "test": 2}, 0, tmp_path / "raw", paper_pools=False)
+    _, off = data.download(_download({"train": 5, "dev": 0, "test": 2}, paper_pools=False), tmp_path / "raw",
+                           str(eq_dir))
     assert off["dropped_by_pool_rule"] == {}

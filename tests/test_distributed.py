@@ -14,19 +14,21 @@ from pathlib import Path
 import pytest
 import yaml
 
+from memqa.config import Sft
 from memqa.distributed import relaunch_command
 from memqa.errors import MemqaError
 from memqa.io import read_json, read_jsonl, write_jsonl
 from memqa.prompts import qa_prompt
-from memqa.training import fine_tune, per_device_batch
+from memqa.sft_batches import per_device_batch
+from memqa.training import fine_tune
 from tests import tiny
 
 REPO = Path(__file__).resolve().parents[1]
 HELPER = REPO / "tests" / "distributed_sft.py"
 CELL = "L4-n14-s0"
-SFT = {"method": "full", "lr": 1e-3, "lr_full": 3e-3, "epochs": 2, "batch_size": 8, "grad_accum": 1,
+SFT = Sft.model_validate({"method": "full", "lr": 1e-3, "lr_full": 3e-3, "epochs": 2, "batch_size": 8, "grad_accum": 1,
        "warmup_ratio": 0.25, "weight_decay": 0.0, "max_length": 48, "lora_r": 8, "lora_alpha": 16,
-       "lora_dropout": 0.0, "compute_dtype": "float32", "deterministic": True, "keep_weights": True}
+       "lora_dropout": 0.0, "compute_dtype": "float32", "deterministic": True, "keep_weights": True})
 ARGS = ["--model", "tiny", "--level", "4", "--size", "14", "--seed", "0"]
 
 
@@ -55,14 +57,14 @@ def sft_in_one_process(model_dir: Path) -> list[tiny.Margin]:
     return loss_falls(loss_curve(project))
 
 
-def make_project(root: Path, model_dir: Path, sft: dict) -> Path:
+def make_project(root: Path, model_dir: Path, sft: Sft) -> Path:
     root.mkdir(parents=True)
     (root / "data" / "models").mkdir(parents=True)
     (root / "data" / "models" / "tiny").symlink_to(model_dir)
     write_jsonl(root / "data" / "splits" / "tiny" / f"train-{CELL}.jsonl",
                 [{**f, "level": 4} for f in tiny.synthetic_facts(14)])
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    (root / "params.yaml").write_text(yaml.safe_dump({**params, "sft": sft}, sort_keys=False))
+    (root / "params.yaml").write_text(yaml.safe_dump({**params, "sft": sft.model_dump()}, sort_keys=False))
     return root
 
 
@@ -95,7 +97,7 @@ def test_two_processes_match_one_process_and_only_the_main_one_writes(tmp_path, 
     run([sys.executable, str(HELPER), *ARGS], one)
     # 2 processes x grad_accum 2 x 2 examples = the same global batch of 8; 14 facts: the last step of each
     # epoch holds 6 facts, so process 1 gets a blank example there (no loss), never a repeated fact.
-    two = make_project(tmp_path / "two", model_dir, {**SFT, "grad_accum": 2})
+    two = make_project(tmp_path / "two", model_dir, SFT.model_copy(update={"grad_accum": 2}))
     run([sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "configs/accelerate/ddp.yaml"),
          "--num_processes", "2", "--main_process_port", str(free_port()), str(HELPER), *ARGS], two)
 

@@ -17,9 +17,10 @@ import pytest
 import yaml
 
 from memqa import paths
+from memqa.config import Evaluate, Probe, Sft
 from memqa.evaluation import evaluate_cell
 from memqa.io import read_json, read_jsonl, write_json, write_jsonl
-from memqa.probing import run_probe, shard_plan
+from memqa.probe import run_probe, shard_plan
 from memqa.prompts import qa_prompt
 from tests import tiny
 from tests.test_distributed import free_port
@@ -77,11 +78,12 @@ def stages_in_one_process(model_dir: Path) -> list[tiny.Margin]:
     """The benchmark's way to the same margins: what the probe and evaluate stages compute on one process,
     computed in this one (no launcher, no DVC), from the same project folder."""
     project = make_project(Path(tempfile.mkdtemp(dir=model_dir.parent)) / "project", model_dir, PROBE)
-    rows, _ = run_probe("tiny", PROBE, all_facts(), model_dir, project / paths.PROBE_CACHE, paths.TEMPLATES_FILE,
-                        project / paths.FACTS)
+    rows, _ = run_probe("tiny", Probe(**PROBE), all_facts(), model_dir, project / paths.PROBE_CACHE,
+                        paths.TEMPLATES_FILE, project / paths.FACTS)
     facts = [f for d in ("id", "ood") for f in read_jsonl(project / paths.test_set("tiny", d))]
-    sft = yaml.safe_load((project / "params.yaml").read_text())["sft"]
-    predictions = evaluate_cell(facts, project / paths.sft_dir("tiny", CELL), model_dir, EVALUATE, sft, 5)[0]
+    sft = Sft.model_validate(yaml.safe_load((project / "params.yaml").read_text())["sft"])
+    predictions = evaluate_cell(facts, project / paths.sft_dir("tiny", CELL), model_dir, Evaluate(**EVALUATE), sft,
+                                5)[0]
     return probe_finds_some_facts(rows) + evaluation_answers_some_facts(predictions)
 
 

@@ -6,14 +6,15 @@ import torch
 from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
 from memqa import engine
+from memqa.config import Probe
 from memqa.engine import generate, generate_ids, gumbel_noise, row_key, sample_gumbel_max
 from memqa.matching import contains, token_sequence
-from memqa.probing import answer_settled, score_facts
+from memqa.probe import answer_settled, score_facts
 from tests import tiny
 
-PROBE = {"method": "sample", "templates": 5, "samples": 6, "temperature": 0.7, "max_new_tokens": 10,
-         "matcher": "contains", "level_bounds": [0.25, 0.5, 0.75], "batch_size": 12, "chunk_size": 4, "seed": 0,
-         "dtype": "float32", "save_completions": True, "crosscheck_facts": 0}
+PROBE = Probe(method="sample", templates=5, samples=6, temperature=0.7, max_new_tokens=10, matcher="contains",
+              level_bounds=[0.25, 0.5, 0.75], batch_size=12, chunk_size=4, seed=0, dtype="float32",
+              save_completions=True)
 PROMPTS = ["Kalomi was born in", "The birthplace of Renvo Shadri is", "a", "Where was the person named Zembix "
            "Falgor Hinka born, in which city of which country, and when", "Pelnor Quazem was born in the city of"]
 
@@ -120,7 +121,7 @@ def early_stop_leaves_R(taught: tuple) -> list[tiny.Margin]:
     real_generate, margins = engine.generate, []
     try:
         for temperature in (0.7, 1.0):
-            conf = {**PROBE, "temperature": temperature}
+            conf = Probe.model_validate({**PROBE.model_dump(), "temperature": temperature})
             rows_decoded.clear()
             stopped = score_facts(model, tokenizer, facts, conf, "sample", seed=5)
             cost_stopped = sum(rows_decoded)
@@ -154,13 +155,17 @@ def test_early_stop_and_compaction_leave_R_unchanged(taught):
     tiny.require(early_stop_leaves_R(taught))
 
 
-def test_sampling_does_not_depend_on_batch_size_or_neighbours(taught):
+def test_sampling_is_reproducible_and_does_not_depend_on_batch_size_or_neighbours(taught):
+    """The same seed gives the same completions, run again or in other batches (20, 4, 1 rows: other
+    neighbours); another seed gives others; the samples of one prompt differ."""
     model, tokenizer = taught[0], taught[1]
     kwargs = {"max_new_tokens": 8, "num_samples": 4, "temperature": 1.0, "seed": 3}
     whole = generate(model, tokenizer, PROMPTS, batch_size=20, **kwargs)
+    assert generate(model, tokenizer, PROMPTS, batch_size=20, **kwargs) == whole
     assert generate(model, tokenizer, PROMPTS, batch_size=4, **kwargs) == whole
     assert generate(model, tokenizer, PROMPTS, batch_size=1, **kwargs) == whole
     assert generate(model, tokenizer, PROMPTS, batch_size=20, **{**kwargs, "seed": 4}) != whole
+    assert all(len(texts) == 4 for texts in whole)
     assert len({text for texts in whole for text in texts}) > len(PROMPTS)  # samples of a prompt differ
 
 

@@ -18,18 +18,18 @@ from unittest import mock
 import pytest
 import torch
 
-from memqa import engine, probing
+from memqa import engine, teacher_forcing
 from memqa.config import Probe
 from memqa.errors import MemqaError
 from memqa.matching import contains
-from memqa.probing import answer_variants, greedy_containment, rao_blackwell, run_probe, score_facts, trace_paths
+from memqa.meter import ComputeMeter
+from memqa.probe import answer_variants, containment, greedy_containment, rao_blackwell, score_facts, trace_paths
 from memqa.prompts import fill, templates_for
 from tests import tiny
 
 N_NEW = 8
-CONF = {"method": "sample", "templates": 5, "samples": 10, "temperature": 0.7, "max_new_tokens": N_NEW,
-        "matcher": "contains", "level_bounds": [0.25, 0.5, 0.75], "batch_size": 64, "chunk_size": 4, "seed": 0,
-        "dtype": "float32", "save_completions": False, "crosscheck_facts": 0, "rb_samples": 2}
+CONF = Probe(method="sample", templates=5, samples=10, temperature=0.7, max_new_tokens=N_NEW, matcher="contains",
+             level_bounds=[0.25, 0.5, 0.75], batch_size=64, chunk_size=4, seed=0, dtype="float32", rb_samples=2)
 # greedy_containment and the exact tree read float32 logits of different batch shapes: they differ by ~1e-6
 ROUNDING = 1e-5
 
@@ -54,6 +54,11 @@ class Taught:
         if key not in self.exact_cache:
             self.exact_cache[key] = exact_contains(self.model, self.tokenizer, prompt, answers)
         return self.exact_cache[key]
+
+
+def conf(**change) -> Probe:
+    """CONF with some params changed, validated as params.yaml's would be."""
+    return Probe.model_validate({**CONF.model_dump(), **change})
 
 
 def build(seed: int = 0) -> Taught:
@@ -89,7 +94,7 @@ def exact_contains(model, tokenizer, prompt: str, answers: list[str], prune: flo
         if not frontier:
             break
         logits = model(input_ids=torch.tensor([base + f for f, _ in frontier])).logits[:, -1]
-        probs = engine.tempered_logprobs(logits, 0.7).double().exp()
+        probs = teacher_forcing.tempered_logprobs(logits, 0.7).double().exp()
         following = []
         for (prefix, p), row in zip(frontier, probs, strict=True):
             keep = (row * p > prune).nonzero().flatten().tolist()
@@ -125,9 +130,8 @@ def greedy_scores_bracketed(w: Taught) -> list[tiny.Margin]:
     """score_facts' greedy_containment, per template: at least likelihood's start probability (its j = 0 terms
     and the greedy path hold every sample that starts with the answer), at most the exact containment (it is a
     lower bound of it); known facts score high and never-taught ones below sampling's resolution."""
-    conf = {**CONF, "templates": 2}
-    greedy = score_facts(w.model, w.tokenizer, w.facts, conf, "greedy_containment", seed=0)
-    start = score_facts(w.model, w.tokenizer, w.facts, conf, "likelihood", seed=0)
+    greedy = score_facts(w.model, w.tokenizer, w.facts, conf(templates=2), "greedy_containment", seed=0)
+    start = score_facts(w.model, w.tokenizer, w.facts, conf(templates=2), "likelihood", seed=0)
     prompts, answers = _prompts(w.facts)
     exact_high = [w.exact(p, a)[1] for p, a in zip(prompts, answers, strict=True)]
     g = [x for row in greedy for x in row["template_prob"]]
@@ -149,8 +153,9 @@ def greedy_counts_detours(w: Taught) -> list[tiny.Margin]:
     prompts, answers = _prompts(w.detour, templates=3)
     variants = [answer_variants(w.tokenizer, a) for a in answers]
     bound, _, _ = greedy_containment(w.model, w.tokenizer, prompts, variants, answers, CONF)
-    start = [math.exp(x) for x in engine.continuation_logprobs(w.model, w.tokenizer, prompts,
-                                                               [" " + a[0] for a in answers], temperature=0.7)]
+    start = [math.exp(x) for x in teacher_forcing.continuation_logprobs(w.model, w.tokenizer, prompts,
+                                                                        [" " + a[0] for a in answers],
+                                                                        temperature=0.7)]
     exact = [w.exact(p, a)[0] for p, a in zip(prompts, answers, strict=True)]
     gap = sum(exact) - sum(start)
     share = (sum(bound) - sum(start)) / gap if gap > 0 else 0.0
@@ -181,11 +186,11 @@ def horizon_is_a_cheaper_lower_bound(w: Taught) -> list[tiny.Margin]:
     below the exact P(contains) and the full estimator's mean, and costs fewer decoding steps."""
     prompts, answers = _prompts([w.often[0], w.detour[0]], templates=1)
     variants = [answer_variants(w.tokenizer, a) for a in answers]
-    with engine.ComputeMeter(w.model) as full_cost:
+    with ComputeMeter(w.model) as full_cost:
         full, _ = rao_blackwell(w.model, w.tokenizer, prompts, variants, answers, CONF, samples=400, seed=5)
-    with engine.ComputeMeter(w.model) as cut_cost:
-        cut, paths = rao_blackwell(w.model, w.tokenizer, prompts, variants, answers,
-                                   {**CONF, "rb_max_new_tokens": 2}, samples=400, seed=5)
+    with ComputeMeter(w.model) as cut_cost:
+        cut, paths = rao_blackwell(w.model, w.tokenizer, prompts, variants, answers, conf(rb_max_new_tokens=2),
+                                   samples=400, seed=5)
     assert all(len(path["tokens"]) <= 2 for rows in paths for path in rows)
     z = [_z(b, 0.0, min(w.exact(prompt, answer)[1], statistics.mean(a)))
          for prompt, answer, a, b in zip(prompts, answers, full, cut, strict=True)]
@@ -200,8 +205,8 @@ def rao_blackwell_mean_over_seeds(w: Taught) -> list[tiny.Margin]:
     seeds) of the fact's exact containment, averaged over its templates; the split fact makes it non-vacuous
     (a never-taught fact's, ~0 both, is rao_blackwell_unbiased's)."""
     facts = [w.often[0], w.detour[0], w.split[0]]
-    conf = {**CONF, "templates": 3}
-    runs = [score_facts(w.model, w.tokenizer, facts, conf, "rao_blackwell", seed=seed) for seed in range(25)]
+    runs = [score_facts(w.model, w.tokenizer, facts, conf(templates=3), "rao_blackwell", seed=seed)
+            for seed in range(25)]
     z, exact = [], []
     for f, fact in enumerate(facts):
         prompts, answers = _prompts([fact], templates=3)
@@ -267,10 +272,10 @@ def test_traced_sampling_draws_the_samplers_completions(taught):
 def rao_blackwell_draws_its_own_samples(w: Taught) -> list[tiny.Margin]:
     """A crosscheck of rao_blackwell and sample under one seed compares independent draws, not the same
     completions twice: on the split fact (either name, by chance) independent draws differ somewhere."""
-    conf = {**CONF, "templates": 3, "rb_samples": 10, "save_completions": True}
-    sampled = score_facts(w.model, w.tokenizer, w.split[:1], conf, "sample", seed=4)[0]["completions"]
-    traced = score_facts(w.model, w.tokenizer, w.split[:1], conf, "rao_blackwell", seed=4)[0]["completions"]
-    again = score_facts(w.model, w.tokenizer, w.split[:1], conf, "rao_blackwell", seed=4)[0]["completions"]
+    saving = conf(templates=3, rb_samples=10, save_completions=True)
+    sampled = score_facts(w.model, w.tokenizer, w.split[:1], saving, "sample", seed=4)[0]["completions"]
+    traced = score_facts(w.model, w.tokenizer, w.split[:1], saving, "rao_blackwell", seed=4)[0]["completions"]
+    again = score_facts(w.model, w.tokenizer, w.split[:1], saving, "rao_blackwell", seed=4)[0]["completions"]
     assert traced == again
     differ = sum(a != b for rows_a, rows_b in zip(sampled, traced, strict=True)
                  for a, b in zip(rows_a, rows_b, strict=True))
@@ -290,7 +295,7 @@ def greedy_path_floor(w: Taught) -> list[tiny.Margin]:
     full, _, full_paths = greedy_containment(w.model, w.tokenizer, prompts, variants, answers, CONF)
     lost = [math.exp(p["chosen"][0]) for p in full_paths if p["match"] is None and len(p["chosen"]) >= 2]
     floor = math.sqrt(min(lost, default=1.0))  # above that path's probability after its first token (< 1)
-    with mock.patch.object(probing, "PATH_FLOOR", floor):
+    with mock.patch.object(containment, "PATH_FLOOR", floor):
         cut, slack, cut_paths = greedy_containment(w.model, w.tokenizer, prompts, variants, answers, CONF)
     assert all(c <= f + ROUNDING for c, f in zip(cut, full, strict=True))  # other rows, other batch shapes
     halted = [(s, p["halted"]) for s, p in zip(slack, cut_paths, strict=True) if p["halted"] is not None]
@@ -312,7 +317,7 @@ def estimator_costs(w: Taught) -> list[tiny.Margin]:
     EOS comes): the ratios' thresholds sit >= 20% below the least seen in benchmarks/training_margins.py."""
     flops, rows = {}, {}
     for method in ("sample", "likelihood", "greedy_containment", "rao_blackwell"):
-        with engine.ComputeMeter(w.model) as meter:
+        with ComputeMeter(w.model) as meter:
             score_facts(w.model, w.tokenizer, w.never, CONF, method, seed=0)
         flops[method], rows[method] = meter.flops, meter.head_rows
     return [tiny.at_least("flops greedy_containment / likelihood",
@@ -331,12 +336,12 @@ def test_estimators_cost_a_fraction_of_sampling(taught):
 
 def test_compute_meter_counts_padded_tokens_and_output_rows(taught):
     model, tokenizer = taught.model, taught.tokenizer
-    with engine.ComputeMeter(model) as meter:
-        engine.teacher_forced_logprobs(model, tokenizer.pad_token_id, [[2, 10, 11, 12], [2, 13]], [[14, 15], [16]],
-                                       temperature=0.7)
+    with ComputeMeter(model) as meter:
+        teacher_forcing.teacher_forced_logprobs(model, tokenizer.pad_token_id, [[2, 10, 11, 12], [2, 13]],
+                                                [[14, 15], [16]], temperature=0.7)
     assert (meter.tokens, meter.head_rows, meter.calls) == (2 * 6, 3, 1)
     assert meter.flops == 2 * (meter.body_params * 12 + meter.head_params * 3)
-    with engine.ComputeMeter(model) as meter:
+    with ComputeMeter(model) as meter:
         out = engine.generate_ids(model, tokenizer, ["a b", "a b c d"], max_new_tokens=3, temperature=0.0)
     decoded = sum(len(row[0]) >= t for row in out for t in (1, 2))  # rows fed back at steps 1 and 2 (EOS: left)
     assert meter.head_rows == 2 + decoded  # the prompt pass keeps only the last position's logits
@@ -348,7 +353,8 @@ def test_teacher_forced_logprobs_match_one_plain_forward_pass_per_pair(taught):
     continuation's positions, equal to a plain pass over each sequence alone."""
     model, tokenizer = taught.model, taught.tokenizer
     contexts, continuations = [[2, 10, 11, 12, 40], [2, 13]], [[14, 15, 30], [16]]
-    batched = engine.teacher_forced_logprobs(model, tokenizer.pad_token_id, contexts, continuations, temperature=0.7)
+    batched = teacher_forcing.teacher_forced_logprobs(model, tokenizer.pad_token_id, contexts, continuations,
+                                                      temperature=0.7)
     for ctx, cont, value in zip(contexts, continuations, batched, strict=True):
         with torch.no_grad():
             logits = model(input_ids=torch.tensor([ctx + cont])).logits[0]
@@ -373,18 +379,20 @@ def test_crosscheck_of_a_cheap_method_runs_the_sampler(taught, tmp_path):
     import json
 
     from memqa.paths import TEMPLATES_FILE
+    from memqa.probe import run_probe
 
     model, tokenizer = taught.model, taught.tokenizer
     path = tiny.save(model, tokenizer, tmp_path / "model")
     facts = taught.facts
     (tmp_path / "facts.jsonl").write_text("".join(json.dumps(f) + "\n" for f in facts))
-    conf = {**CONF, "method": "rao_blackwell", "templates": 3, "samples": 4, "crosscheck_facts": 4}
-    rows, metrics = run_probe("tiny", conf, facts, path, tmp_path / "cache", TEMPLATES_FILE, tmp_path / "facts.jsonl")
+    checked = conf(method="rao_blackwell", templates=3, samples=4, crosscheck_facts=4)
+    rows, metrics = run_probe("tiny", checked, facts, path, tmp_path / "cache", TEMPLATES_FILE,
+                              tmp_path / "facts.jsonl")
     assert metrics["crosscheck"]["other_method"] == "sample" and metrics["crosscheck"]["facts"] == 4
     assert {r["method"] for r in rows} == {"rao_blackwell"} and all("level" in r for r in rows)
     with pytest.raises(MemqaError):
-        run_probe("tiny", {**conf, "method": "greedy"}, facts, path, tmp_path / "cache", TEMPLATES_FILE,
-                  tmp_path / "facts.jsonl")
+        run_probe("tiny", checked.model_copy(update={"method": "greedy"}), facts, path, tmp_path / "cache",
+                  TEMPLATES_FILE, tmp_path / "facts.jsonl")
 
 
 # Every assertion above on what training learned, for benchmarks/training_margins.py (fixture: build(seed)).

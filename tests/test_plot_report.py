@@ -1,16 +1,33 @@
 import csv
 import json
 import random
+from pathlib import Path
 
 import pytest
 import yaml
 
+from memqa import paths
+from memqa.config import PARAMS_FILE, ModelSpec, Params, load_params
 from memqa.grid import columns, read_grid
-from memqa.io import write_jsonl
+from memqa.io import read_jsonl, write_jsonl
+from memqa.overrides import preset_overrides
 from memqa.plots import run_plot
 from memqa.report import build_report
+from memqa.stats import cohen_kappa
+from memqa.verdicts import facts_to_decide
 
 COLUMNS = columns(5)
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _params(models=("a", "b"), sets: tuple[str, ...] = ()) -> Params:
+    """The repository's params.yaml (with `-S`-style sets), its models replaced by the given ones."""
+    params = load_params(REPO / PARAMS_FILE, sets=sets)
+    return params.model_copy(update={"models": {m: ModelSpec(source="x") for m in models}})
+
+
+def _reference() -> dict:
+    return yaml.safe_load(paths.PUBLISHED_FILE.read_text())
 
 
 def _grid(tmp_path, models=("a", "b")):
@@ -48,10 +65,9 @@ def _scores(tmp_path, models=("a", "b")):
 
 
 def test_plot_writes_every_figure_and_dvc_plot_data_with_intervals(tmp_path):
-    agreement = run_plot(["a", "b"], _grid(tmp_path), _scores(tmp_path), tmp_path / "plots", dpi=40, levels=range(5))
+    run_plot(_params(sets=("plot.dpi=40",)), tmp_path / "plots", _grid(tmp_path), _scores(tmp_path))
     for name in ("acc_vs_size-a.png", "acc_vs_size-b.png", "diagonal-a.png", "levels.png", "cross_model.png"):
         assert (tmp_path / "plots" / "png" / name).stat().st_size > 1000, name
-    assert agreement["a~b"]["facts"] == 40 and -1 <= agreement["a~b"]["cohen_kappa"] <= 1
     sizes = list(csv.DictReader((tmp_path / "plots" / "data" / "acc_vs_size.csv").open()))
     assert {r["size"] for r in sizes} == {"60", "240"} and len(sizes) == 2 * 2 * 5 * 2
     assert all(float(r["low"]) < float(r["headline"]) < float(r["high"]) for r in sizes)
@@ -59,30 +75,61 @@ def test_plot_writes_every_figure_and_dvc_plot_data_with_intervals(tmp_path):
     assert all(r["n"] == "50" and float(r["low"]) < float(r["accuracy"]) for r in cells)
 
 
+def test_plot_cross_model_agreement_is_cohen_kappa_over_the_facts_both_models_scored(tmp_path):
+    probe = _scores(tmp_path)
+    a, b = (read_jsonl(probe / m / "scores.jsonl") for m in ("a", "b"))
+    write_jsonl(probe / "b" / "scores.jsonl", b[:30])  # b scored 30 of a's 40 facts
+    agreement = run_plot(_params(sets=("plot.dpi=40",)), tmp_path / "plots", _grid(tmp_path), probe)
+    expected = cohen_kappa([r["level"] for r in a[:30]], [r["level"] for r in b[:30]])
+    assert agreement["a~b"]["facts"] == 30 and agreement["a~b"]["cohen_kappa"] == expected
+
+
 VERDICTS = [{"claim": "60 points suffice", "model": "a", "domain": "id", "statistic": "headline(60) - headline(240)",
              "verdict": "reproduced", "effect": {"value": -1.0, "low": -3.5, "high": 1.2, "facts": 150, "seeds": 3},
              "restricted_to_shared_relations": None, "note": ""}]
 
 
+def _report(tmp_path, params: Params, verdicts=VERDICTS) -> str:
+    return build_report(params, read_grid(_grid(tmp_path, list(params.models))), verdicts, tmp_path,
+                        tmp_path / "plots", _reference(), tmp_path / "results")
+
+
 @pytest.mark.parametrize("model_count", [1, 2])
-def test_report_opens_with_verdicts_and_lists_deviations_grid_and_published_numbers(tmp_path, model_count):
-    models = ["a", "b"][:model_count]
-    params = yaml.safe_load(open("params.yaml"))
-    params["models"] = {m: {"source": "x"} for m in models}
-    reference = yaml.safe_load(open("memqa/resources/published-results.yaml"))
-    text = build_report(params, read_grid(_grid(tmp_path, models)), VERDICTS, tmp_path, tmp_path / "plots", reference,
-                        tmp_path / "results")
+def test_report_opens_with_verdicts_and_shows_the_grid_and_published_numbers(tmp_path, model_count):
+    text = _report(tmp_path, _params(["a", "b"][:model_count]))
     assert text.index("## Verdicts") < text.index("## What was run")
     assert "| 60 points suffice | a | id | **reproduced** | -1.0 [-3.5, 1.2] | - | 150 | 3 |" in text
-    assert "| `probe.method` | likelihood | sample |" in text
     assert "| 2 | 57.5 | 53.7 |" in text  # published llama-3-8b train-2 headlines (id, ood), then ours
     assert text.count("| a | 4 | 240 | 3 |") == 2
 
 
+def _deviations(text: str) -> dict[str, tuple[str, str]]:
+    table = text.split("Params that differ from the paper's protocol:")[1].split("## Memory levels")[0]
+    rows = [line.strip("|").split(" | ") for line in table.splitlines() if line.startswith("| `")]
+    return {key.strip().strip("`"): (ours, paper.strip()) for key, ours, paper in rows}
+
+
+def test_report_lists_each_knob_of_the_paper_preset_that_this_run_sets_otherwise(tmp_path):
+    # probe.templates as the paper (21); sft.max_length 64 against the preset's 128; sft.lora_r is not a knob of
+    # the preset, so whatever this run sets it to is no deviation
+    params = _params(["a"], sets=("probe.templates=21", "sft.max_length=64", "evaluate.max_new_tokens=8",
+                                  "sft.lora_r=8"))
+    deviations = _deviations(_report(tmp_path, params))
+    assert deviations["sft.max_length"] == ("64", "128") and deviations["evaluate.max_new_tokens"] == ("8", "16")
+    assert deviations["probe.method"] == ("likelihood", "sample")
+    assert "probe.templates" not in deviations and "sft.lora_r" not in deviations
+    preset_knobs = {item.split("=")[0] for item in preset_overrides(REPO / paths.PAPER_PRESET)}
+    assert set(deviations) <= preset_knobs
+
+
+def test_report_lists_no_deviation_for_a_run_with_the_paper_preset_applied(tmp_path):
+    params = load_params(REPO / PARAMS_FILE, preset=REPO / paths.PAPER_PRESET)
+    params = params.model_copy(update={"models": {"a": ModelSpec(source="x")}})
+    assert _deviations(_report(tmp_path, params)) == {}
+
+
 def test_report_projects_the_test_facts_an_inconclusive_claim_needs_and_quotes_the_estimator_agreement(tmp_path):
-    params = yaml.safe_load(open("params.yaml"))
-    params["models"] = {"a": {"source": "x"}}
-    params["probe"]["method"] = "likelihood"
+    params = _params(["a"], sets=("probe.method=likelihood",))
     undecided = {**VERDICTS[0], "verdict": "inconclusive", "threshold": -5.0,
                  "effect": {"value": -3.0, "low": -7.0, "high": 1.0, "facts": 150, "seeds": 3}}
     (tmp_path / "results").mkdir()
@@ -92,9 +139,7 @@ def test_report_projects_the_test_facts_an_inconclusive_claim_needs_and_quotes_t
                                    "kappa_report_raw_ci": [0.2, 0.6],
                                    "calibration": "threshold", "gflops_vs_sample": 23.2}},
         "sampling_noise_ceiling": {"spearman_ceiling_report": 0.89, "kappa_median": 0.9}}))
-    reference = yaml.safe_load(open("memqa/resources/published-results.yaml"))
-    text = build_report(params, read_grid(_grid(tmp_path, ["a"])), [undecided], tmp_path, tmp_path / "plots",
-                        reference, tmp_path / "results")
+    text = _report(tmp_path, params, [undecided])
     # half-width 4 at distance 2 from the margin: (4 / 2)^2 = 4x the 150 test facts
     assert "about 4.0x the test facts (~600)" in text
     assert "Decided here: 0 of 1 claim tests." in text
@@ -105,8 +150,6 @@ def test_report_projects_the_test_facts_an_inconclusive_claim_needs_and_quotes_t
 
 
 def test_facts_to_decide_is_none_when_decided_and_infinite_on_the_threshold():
-    from memqa.verdicts import facts_to_decide
-
     effect = {"value": 2.0, "low": -1.0, "high": 5.0, "facts": 10, "seeds": 3}
     assert facts_to_decide({"verdict": "reproduced", "effect": effect, "threshold": 0.0}) is None
     assert facts_to_decide({"verdict": "inconclusive", "effect": effect, "threshold": 0.0}) == pytest.approx(2.25)
@@ -115,15 +158,12 @@ def test_facts_to_decide_is_none_when_decided_and_infinite_on_the_threshold():
 
 
 def test_report_precision_reads_only_the_current_grids_cells_not_leftover_files(tmp_path):
-    params = yaml.safe_load(open("params.yaml"))
-    params["models"] = {"a": {"source": "x"}}
-    cell = f"L{params['split']['levels'][0]}-n{params['split']['sizes'][0]}-s{params['split']['seeds'][0]}"
+    params = _params(["a"])
+    cell = paths.cell_name(params.split.levels[0], params.split.sizes[0], params.split.seeds[0])
     (tmp_path / "sft" / "a").mkdir(parents=True)
     (tmp_path / "sft" / "a" / f"{cell}.json").write_text('{"precision": "float32 weights"}')
     (tmp_path / "sft" / "a" / "L4-n999-s7.json").write_text('{"precision": "bfloat16 weights"}')  # a dropped cell
-    reference = yaml.safe_load(open("memqa/resources/published-results.yaml"))
-    text = build_report(params, read_grid(_grid(tmp_path, ["a"])), VERDICTS, tmp_path, tmp_path / "plots",
-                        reference, tmp_path / "results")
+    text = _report(tmp_path, params)
     line = next(x for x in text.splitlines() if x.startswith("Precision each stage ran in"))
     assert "a: SFT `float32 weights`" in line and "bfloat16" not in line
 
@@ -141,5 +181,5 @@ def test_plot_survives_a_domain_without_any_headline(tmp_path):
         writer = csv.DictWriter(handle, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
-    run_plot(["a"], path, _scores(tmp_path, ["a"]), tmp_path / "plots", dpi=40, levels=range(5))
+    run_plot(_params(["a"], sets=("plot.dpi=40",)), tmp_path / "plots", path, _scores(tmp_path, ["a"]))
     assert (tmp_path / "plots" / "png" / "acc_vs_size-a.png").stat().st_size > 1000

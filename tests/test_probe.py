@@ -1,23 +1,28 @@
 import json
+import shutil
 import statistics
 import tempfile
 from pathlib import Path
+from typing import get_args
 
 import pytest
 import torch
 import yaml
 
-from memqa import probing
-from memqa.engine import generate
+from memqa.config import PROBE_METHOD, Probe
 from memqa.memory import add_levels, memory_level
 from memqa.paths import RELATIONS_FILE, TEMPLATES_FILE
-from memqa.probing import probe_sharded, run_probe, score_facts
+from memqa.probe import ESTIMATORS, estimators, probe_sharded, run_probe, score_facts, shards
 from memqa.prompts import probe_templates
 from tests import tiny
 
-PROBE = {"method": "likelihood", "templates": 21, "samples": 10, "temperature": 0.7, "max_new_tokens": 8,
-         "matcher": "contains", "level_bounds": [0.25, 0.5, 0.75], "batch_size": 16, "chunk_size": 4, "seed": 0,
-         "dtype": "float32", "save_completions": False, "crosscheck_facts": 0}
+PROBE = Probe(method="likelihood", templates=21, samples=10, temperature=0.7, max_new_tokens=8, matcher="contains",
+              level_bounds=[0.25, 0.5, 0.75], batch_size=16, chunk_size=4, seed=0, dtype="float32")
+
+
+def probe(**change) -> Probe:
+    """PROBE with some params changed, validated as params.yaml's would be."""
+    return Probe.model_validate({**PROBE.model_dump(), **change})
 
 
 def build(root: Path, seed: int = 0) -> tuple[Path, list[dict], list[dict], list[dict]]:
@@ -49,7 +54,7 @@ def probe_scores_follow_teaching(taught: tuple) -> list[tiny.Margin]:
     (root / "facts.jsonl").write_text("".join(json.dumps(f) + "\n" for f in facts))
     margins = []
     for method in ("likelihood", "sample"):
-        conf = {**PROBE, "method": method, "samples": 3, "templates": 7}
+        conf = probe(method=method, samples=3, templates=7)
         scored, _ = run_probe("tiny", conf, facts, path, root / "cache", TEMPLATES_FILE, root / "facts.jsonl")
         score = {r["fact_id"]: r["score"] for r in scored}
         mean = {name: statistics.mean(score[f["fact_id"]] for f in group)
@@ -72,9 +77,10 @@ def greedy_labels_ignore_batch_size(taught: tuple) -> list[tiny.Margin]:
     path, often, split, never = taught
     model, tokenizer = _load(path)
     facts = often[:3] + split[:3] + never[:3]
-    conf = {**PROBE, "method": "sample", "temperature": 0.0, "templates": 5}
-    one = score_facts(model, tokenizer, facts, {**conf, "batch_size": 1}, "sample", seed=0)
-    many = score_facts(model, tokenizer, facts, {**conf, "batch_size": 7}, "sample", seed=0)
+    one = score_facts(model, tokenizer, facts, probe(method="sample", temperature=0.0, templates=5, batch_size=1),
+                      "sample", seed=0)
+    many = score_facts(model, tokenizer, facts, probe(method="sample", temperature=0.0, templates=5, batch_size=7),
+                       "sample", seed=0)
     assert one == many
     return [tiny.at_least("greedy probe: summed score (known facts found)", sum(r["score"] for r in one), 0.2)]
 
@@ -83,23 +89,13 @@ def test_greedy_probe_labels_do_not_depend_on_batch_size(taught):
     tiny.require(greedy_labels_ignore_batch_size(taught))
 
 
-def test_sampling_is_reproducible_for_the_same_params(taught):
-    path, often, _, _ = taught
-    model, tokenizer = _load(path)
-    prompts = ["Kalomi was born in", "The birthplace of Kalomi is"]
-    first = generate(model, tokenizer, prompts, max_new_tokens=6, num_samples=4, temperature=1.0, seed=3)
-    again = generate(model, tokenizer, prompts, max_new_tokens=6, num_samples=4, temperature=1.0, seed=3)
-    other = generate(model, tokenizer, prompts, max_new_tokens=6, num_samples=4, temperature=1.0, seed=4)
-    assert first == again and first != other and all(len(s) == 4 for s in first)
-
-
 def test_killed_probe_resumes_to_the_uninterrupted_result(taught, tmp_path, monkeypatch):
     path, often, split, never = taught
     model, tokenizer = _load(path)
     facts = often + split + never
-    conf = {**PROBE, "method": "sample", "samples": 2, "templates": 3, "chunk_size": 4}
+    conf = probe(method="sample", samples=2, templates=3, chunk_size=4)
     whole, _ = probe_sharded(model, tokenizer, facts, conf, tmp_path / "whole")
-    real, calls = probing.score_facts, []
+    real, calls = estimators.score_facts, []
 
     def dies_on_third_shard(*args, **kwargs):
         calls.append(1)
@@ -107,11 +103,11 @@ def test_killed_probe_resumes_to_the_uninterrupted_result(taught, tmp_path, monk
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(probing, "score_facts", dies_on_third_shard)
+    monkeypatch.setattr(estimators, "score_facts", dies_on_third_shard)
     with pytest.raises(KeyboardInterrupt):
         probe_sharded(model, tokenizer, facts, conf, tmp_path / "killed")
     assert len(list((tmp_path / "killed").glob("*.jsonl"))) == 2
-    monkeypatch.setattr(probing, "score_facts", real)
+    monkeypatch.setattr(estimators, "score_facts", real)
     assert probe_sharded(model, tokenizer, facts, conf, tmp_path / "killed") == (whole, 2)
 
 
@@ -123,7 +119,7 @@ def test_level_thresholds_follow_the_paper(score, level):
 
 def test_likelihood_level_zero_is_below_sampling_resolution():
     rows = [{"score": 0.004}, {"score": 0.005}]
-    add_levels(rows, {"templates": 21, "samples": 10, "level_bounds": [0.25, 0.5, 0.75]})
+    add_levels(rows, probe(templates=21, samples=10, level_bounds=[0.25, 0.5, 0.75]))
     assert [r["level"] for r in rows] == [0, 1]
 
 
@@ -146,66 +142,97 @@ def _load(path):
     return model, tokenizer
 
 
+def _inputs(tmp_path: Path) -> tuple[Path, Path]:
+    facts, templates = tmp_path / "facts.jsonl", tmp_path / "templates.yaml"
+    facts.write_text("{}\n")
+    templates.write_text("P19: []\n")
+    return facts, templates
+
+
 def test_probe_fingerprint_ignores_materialisation_time_but_not_params(taught, tmp_path):
-    path, *_ = taught
-    facts, templates = tmp_path / "facts.jsonl", tmp_path / "templates.yaml"
-    facts.write_text("{}\n")
-    templates.write_text("P19: []\n")
-    first = probing.fingerprint(PROBE, path, facts, templates)
-    info = json.loads((path / "memqa_model.json").read_text())
-    (path / "memqa_model.json").write_text(json.dumps({**info, "wall_s": 99.0}))
-    assert probing.fingerprint(PROBE, path, facts, templates) == first
-    assert probing.fingerprint({**PROBE, "samples": 5}, path, facts, templates) != first
-
-
-def test_probe_fingerprint_covers_scoring_code_and_weights(taught, tmp_path, monkeypatch):
-    path, *_ = taught
-    facts, templates = tmp_path / "facts.jsonl", tmp_path / "templates.yaml"
-    facts.write_text("{}\n")
-    templates.write_text("P19: []\n")
-    first = probing.fingerprint(PROBE, path, facts, templates)
-    code = [tmp_path / p.name for p in probing.SCORING_CODE]
-    for src, dst in zip(probing.SCORING_CODE, code, strict=True):
-        dst.write_bytes(src.read_bytes())
-    monkeypatch.setattr(probing, "SCORING_CODE", tuple(code))
-    assert probing.fingerprint(PROBE, path, facts, templates) == first
-    matching = next(p for p in code if p.name == "matching.py")
-    matching.write_text(matching.read_text() + "\n# one more line\n")
-    assert probing.fingerprint(PROBE, path, facts, templates) != first
-    assert {p.name for p in probing.SCORING_CODE} == {"engine.py", "matching.py", "models.py", "probing.py",
-                                                      "prompts.py"}  # config, levels, IO: not scoring code
-
-
-def test_probe_fingerprint_changes_when_weights_are_retrained_in_place(taught, tmp_path):
-    import shutil
-
-    from safetensors.torch import load_file, save_file
-
     path, *_ = taught
     model_dir = tmp_path / "model"
     shutil.copytree(path, model_dir)
-    facts, templates = tmp_path / "facts.jsonl", tmp_path / "templates.yaml"
-    facts.write_text("{}\n")
-    templates.write_text("P19: []\n")
-    first = probing.fingerprint(PROBE, model_dir, facts, templates)
+    facts, templates = _inputs(tmp_path)
+    first = shards.fingerprint(PROBE, model_dir, facts, templates)
+    info = json.loads((model_dir / "memqa_model.json").read_text())
+    (model_dir / "memqa_model.json").write_text(json.dumps({**info, "wall_s": 99.0}))
+    assert shards.fingerprint(PROBE, model_dir, facts, templates) == first
+    assert shards.fingerprint(probe(level_bounds=[0.5], crosscheck_facts=3), model_dir, facts, templates) == first
+    assert shards.fingerprint(probe(rb_samples=5), model_dir, facts, templates) == first  # rao_blackwell's own
+    assert shards.fingerprint(probe(samples=5), model_dir, facts, templates) != first
+    rb = probe(method="rao_blackwell")
+    assert shards.fingerprint(probe(method="rao_blackwell", rb_samples=5), model_dir, facts, templates) != \
+        shards.fingerprint(rb, model_dir, facts, templates)
+
+
+def test_probe_fingerprint_covers_scoring_code(taught, tmp_path, monkeypatch):
+    path, *_ = taught
+    facts, templates = _inputs(tmp_path)
+    first = shards.fingerprint(PROBE, path, facts, templates)
+    code = [tmp_path / p.name for p in shards.SCORING_CODE]
+    for src, dst in zip(shards.SCORING_CODE, code, strict=True):
+        dst.write_bytes(src.read_bytes())
+    monkeypatch.setattr(shards, "SCORING_CODE", tuple(code))
+    assert shards.fingerprint(PROBE, path, facts, templates) == first
+    matching = next(p for p in code if p.name == "matching.py")
+    matching.write_text(matching.read_text() + "\n# one more line\n")
+    assert shards.fingerprint(PROBE, path, facts, templates) != first
+    package = {p.name for p in (Path(estimators.__file__).parent).glob("*.py")}
+    assert {p.name for p in shards.SCORING_CODE} == {"engine.py", "matching.py", "models.py", "prompts.py",
+                                                     "teacher_forcing.py"} | package  # not config, levels, IO
+
+
+def test_probe_rescores_a_model_retrained_in_place_under_a_stale_recorded_digest(taught, tmp_path):
+    """A model folder whose memqa_model.json records its weights' digest, retrained in place (the weight file
+    rewritten, the record left as it was): the weights' digest is of the files, so the probe rescores every
+    shard, and a rerun reuses them (the digest remembered by size and mtime)."""
+    from safetensors.torch import load_file, save_file
+
+    from memqa.model_files import weights_sha256
+
+    path, often, split, never = taught
+    model_dir = tmp_path / "model"
+    shutil.copytree(path, model_dir)
+    recorded = weights_sha256(model_dir)
+    info = json.loads((model_dir / "memqa_model.json").read_text())
+    (model_dir / "memqa_model.json").write_text(json.dumps({**info, "weights_sha256": recorded}))
+    facts = often[:4] + never[:4]
+    (tmp_path / "facts.jsonl").write_text("".join(json.dumps(f) + "\n" for f in facts))
+    conf = probe(templates=3)
+    args = (tmp_path / "cache", TEMPLATES_FILE, tmp_path / "facts.jsonl")
+    before, first = run_probe("tiny", conf, facts, model_dir, *args)
+    assert shards.weights_digest(model_dir) == recorded and first["shards_reused"] == 0
+
     weights = load_file(str(model_dir / "model.safetensors"))
-    name = next(iter(weights))
-    weights[name] = weights[name] + 1e-3
+    weights = {name: value.flip(0) if value.dim() == 2 else value for name, value in weights.items()}  # retrained
     save_file(weights, str(model_dir / "model.safetensors"), metadata={"format": "pt"})
-    assert probing.fingerprint(PROBE, model_dir, facts, templates) != first
+    assert json.loads((model_dir / "memqa_model.json").read_text())["weights_sha256"] == recorded  # stale
+    assert weights_sha256(model_dir) != recorded
+
+    after, second = run_probe("tiny", conf, facts, model_dir, *args)
+    assert second["shards_reused"] == 0 and second["shards"] > 0
+    fresh, _ = run_probe("tiny", conf, facts, model_dir, tmp_path / "fresh", *args[1:])
+    assert after == fresh != before  # the retrained model's scores, not the old ones
+    assert run_probe("tiny", conf, facts, model_dir, *args)[1]["shards_reused"] == second["shards"]
 
 
 def test_crosscheck_is_keyed_by_its_own_facts_and_wall_time_counts_reused_shards(taught, tmp_path):
     path, often, split, never = taught
     facts = often + split + never
     (tmp_path / "facts.jsonl").write_text("".join(json.dumps(f) + "\n" for f in facts))
-    conf = {**PROBE, "templates": 3, "samples": 2, "max_new_tokens": 4}
     args = (path, tmp_path / "cache", TEMPLATES_FILE, tmp_path / "facts.jsonl")
-    _, first = run_probe("tiny", {**conf, "crosscheck_facts": 3}, facts, *args)
-    _, second = run_probe("tiny", {**conf, "crosscheck_facts": 6}, facts, *args)
+    _, first = run_probe("tiny", probe(templates=3, samples=2, max_new_tokens=4, crosscheck_facts=3), facts, *args)
+    _, second = run_probe("tiny", probe(templates=3, samples=2, max_new_tokens=4, crosscheck_facts=6), facts, *args)
     assert first["crosscheck"]["facts"] == 3 and second["crosscheck"]["facts"] == 6
     assert first["shards_reused"] == 0 and second["shards_reused"] == second["shards"] > 0
     assert second["wall_s"] > 0
+
+
+def test_the_estimator_registry_holds_exactly_the_methods_params_allow():
+    assert set(ESTIMATORS) == set(get_args(PROBE_METHOD))
+    assert all(ESTIMATORS[e.crosscheck] is not e for e in ESTIMATORS.values())  # a method is checked by another
+    assert {key for e in ESTIMATORS.values() for key in e.own_params} <= set(Probe.model_fields)
 
 
 # Every assertion above on what training learned, for benchmarks/training_margins.py (fixture: build(root, seed)).

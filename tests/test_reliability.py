@@ -1,5 +1,5 @@
 """Bad inputs and faults a hostile but fair user tries: each gets one clear line, or is handled, and nothing is
-lost or half-written (README "Bad inputs", table of what each case gets)."""
+lost or half-written (docs/development.md, "Bad inputs and faults": what each case gets)."""
 import copy
 import hashlib
 import os
@@ -13,12 +13,12 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from memqa import io, probing
+from memqa import io
 from memqa.cli import main
-from memqa.config import validate
+from memqa.config import Probe, load_params, validate
 from memqa.distributed import relaunch_command
 from memqa.errors import MemqaError
-from memqa.plan import load_plan_params
+from memqa.probe import probe_sharded
 from tests import tiny
 from tests.test_dvc_pipeline import make_project
 
@@ -165,21 +165,21 @@ def random_model():
 
 def test_probe_shard_cut_at_a_line_boundary_is_rescored(random_model, tmp_path):
     model, tokenizer, facts = random_model
-    first, reused = probing.probe_sharded(model, tokenizer, facts, PROBE, tmp_path)
+    first, reused = probe_sharded(model, tokenizer, facts, Probe(**PROBE), tmp_path)
     assert reused == 0 and len(first) == len(facts)
     shard = sorted(tmp_path.glob("*.jsonl"))[0]
     lines = shard.read_text().splitlines(keepends=True)
     shard.write_text("".join(lines[:-2]))  # one row and the end marker lost, as a crash between writes leaves it
-    again, reused = probing.probe_sharded(model, tokenizer, facts, PROBE, tmp_path)
+    again, reused = probe_sharded(model, tokenizer, facts, Probe(**PROBE), tmp_path)
     assert again == first and reused == len(list(tmp_path.glob("*.jsonl"))) - 1
 
 
 def test_probe_shard_holding_other_facts_is_rescored(random_model, tmp_path):
     model, tokenizer, facts = random_model
-    first, _ = probing.probe_sharded(model, tokenizer, facts, PROBE, tmp_path)
+    first, _ = probe_sharded(model, tokenizer, facts, Probe(**PROBE), tmp_path)
     shard = sorted(tmp_path.glob("*.jsonl"))[0]
     io.write_jsonl(shard, io.read_jsonl(shard)[:1])  # whole, but not this shard's facts
-    again, _ = probing.probe_sharded(model, tokenizer, facts, PROBE, tmp_path)
+    again, _ = probe_sharded(model, tokenizer, facts, Probe(**PROBE), tmp_path)
     assert again == first
 
 
@@ -261,7 +261,7 @@ def test_report_reference_that_is_missing_or_not_plain_yaml_is_one_line(tmp_path
 def test_broken_preset_is_one_line(tmp_path, preset, message):
     (tmp_path / "bad.args").write_text(preset)
     with pytest.raises(MemqaError, match=message) as caught:
-        load_plan_params(REPO / "params.yaml", tmp_path / "bad.args")
+        load_params(REPO / "params.yaml", tmp_path / "bad.args")
     assert "\n" not in caught.value.message
 
 
@@ -328,6 +328,6 @@ def test_a_garbage_adapter_is_one_line_naming_the_file(tmp_path):
                              LoraConfig(r=2, target_modules=["q_proj"]))
     adapter.save_pretrained(tmp_path / "L0-n2-s0")
     (tmp_path / "L0-n2-s0" / "adapter_model.safetensors").write_bytes(b"\x00" * 64)
-    conf = {"compute_dtype": "float32"}
+    conf = load_params(REPO / "params.yaml").sft.model_copy(update={"compute_dtype": "float32"})
     with pytest.raises(MemqaError, match=r"adapter_model.safetensors is not a safetensors file.*retrain the cell"):
         load_for_eval(base, tmp_path / "L0-n2-s0", "lora", conf)

@@ -5,17 +5,19 @@ import pytest
 import yaml
 
 from memqa.accuracy import accuracy_metrics
+from memqa.config import Evaluate, Sft
 from memqa.evaluation import evaluate_cell
 from memqa.io import read_jsonl, write_jsonl
 from memqa.prompts import qa_prompt
-from memqa.training import fine_tune, qa_example
+from memqa.sft_batches import qa_example
+from memqa.training import fine_tune
 from tests import tiny
 
-SFT = {"method": "full", "lr": 1e-2, "lr_full": 3e-3, "epochs": 10, "batch_size": 4, "grad_accum": 1,
-       "warmup_ratio": 0.0, "weight_decay": 0.0, "max_length": 48, "lora_r": 8, "lora_alpha": 16,
-       "lora_dropout": 0.0, "compute_dtype": "float32", "deterministic": True}
+SFT = Sft(method="full", lr=1e-2, lr_full=3e-3, epochs=10, batch_size=4, grad_accum=1, warmup_ratio=0.0,
+          weight_decay=0.0, max_length=48, lora_r=8, lora_alpha=16, lora_dropout=0.0, compute_dtype="float32",
+          deterministic=True, keep_weights=True)
 CELL = "L4-n12-s0"
-EVAL = {"max_new_tokens": 6, "batch_size": 8, "matcher": "contains"}
+EVAL = Evaluate.model_validate({"max_new_tokens": 6, "batch_size": 8, "matcher": "contains"})
 
 
 class World(NamedTuple):
@@ -76,7 +78,7 @@ def _sft(root, model_dir, conf, sft_root, seed: int = 0):
 def _evaluate(root, model_dir, cell, method, sft_root=None):
     facts = [f for d in ("id", "ood") for f in read_jsonl(root / "splits" / "tiny" / f"test_{d}.jsonl")]
     trained = None if cell is None else (sft_root or root / "sft") / cell
-    predictions, metrics = evaluate_cell(facts, trained, model_dir, EVAL, {**SFT, "method": method}, 5)
+    predictions, metrics = evaluate_cell(facts, trained, model_dir, EVAL, SFT.model_copy(update={"method": method}), 5)
     write_jsonl(root / "eval" / f"{cell or 'base'}-{method}.jsonl", predictions)
     return metrics
 
@@ -113,7 +115,7 @@ def test_sft_makes_its_known_facts_answerable_in_the_qa_format_and_not_unknown_o
 @pytest.mark.parametrize("method", ["qlora", "lora"])
 def test_adapter_methods_train_save_and_reload_for_eval(world, method):
     root, model_dir, _, _, _ = world
-    conf = {**SFT, "method": method, "epochs": 1, "compute_dtype": "float32", "lr": 1e-3}
+    conf = SFT.model_copy(update={"method": method, "epochs": 1, "compute_dtype": "float32", "lr": 1e-3})
     info = _sft(root, model_dir, conf, root / f"sft-{method}")
     assert info["steps"] == 3 and info["method"] == method and info["trainable_parameters"] > 0
     assert (root / f"sft-{method}" / CELL / "adapter_model.safetensors").is_file()
@@ -151,7 +153,7 @@ def test_full_fine_tuning_keeps_fp32_master_weights_so_lr_1e5_moves_them(world):
     from memqa.training import load_trainable
 
     _, model_dir, held_out, _, _ = world
-    model, _ = load_trainable(model_dir, "full", {**SFT, "compute_dtype": "bfloat16"})
+    model, _ = load_trainable(model_dir, SFT.model_copy(update={"compute_dtype": "bfloat16"}))
     assert all(p.dtype == torch.float32 for p in model.parameters())
     before = [p.detach().clone() for p in model.parameters()]
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
@@ -166,7 +168,7 @@ def test_full_fine_tuning_keeps_fp32_master_weights_so_lr_1e5_moves_them(world):
 
 def test_untrained_base_is_evaluated_in_the_precision_of_the_cells(world):
     root, model_dir, _, _, _ = world
-    conf = {**SFT, "method": "lora", "epochs": 1, "compute_dtype": "bfloat16"}
+    conf = SFT.model_copy(update={"method": "lora", "epochs": 1, "compute_dtype": "bfloat16"})
     _sft(root, model_dir, conf, root / "sft-precision")
     facts = read_jsonl(root / "splits" / "tiny" / "test_id.jsonl")[:2]
     cell = evaluate_cell(facts, root / "sft-precision" / CELL, model_dir, EVAL, conf, 5)[1]
@@ -176,7 +178,7 @@ def test_untrained_base_is_evaluated_in_the_precision_of_the_cells(world):
 
 def test_sft_is_deterministic_for_a_seed(world):
     root, model_dir, _, _, _ = world
-    conf = {**SFT, "epochs": 2}
+    conf = SFT.model_copy(update={"epochs": 2})
     _sft(root, model_dir, conf, root / "det-a")
     _sft(root, model_dir, conf, root / "det-b")
     assert (root / "det-a" / f"{CELL}.csv").read_text() == (root / "det-b" / f"{CELL}.csv").read_text()
@@ -186,7 +188,7 @@ def test_adapter_training_depends_on_the_seed_not_on_earlier_random_draws(world)
     import torch
 
     root, model_dir, _, _, _ = world
-    conf = {**SFT, "method": "lora", "epochs": 2, "lr": 1e-2, "lora_dropout": 0.1}
+    conf = SFT.model_copy(update={"method": "lora", "epochs": 2, "lr": 1e-2, "lora_dropout": 0.1})
     _sft(root, model_dir, conf, root / "seed-a")
     torch.rand(1000)  # whatever ran before must not change the adapters' init
     _sft(root, model_dir, conf, root / "seed-b")
@@ -198,11 +200,12 @@ def test_loss_from_answer_positions_only_equals_the_full_logits_loss(world):
     import torch
 
     from memqa.models import load_tokenizer
-    from memqa.training import accepts_logits_to_keep, collate, load_trainable, summed_loss
+    from memqa.sft_batches import accepts_logits_to_keep, collate, summed_loss
+    from memqa.training import load_trainable
 
     root, model_dir, _, _, _ = world
     tokenizer = load_tokenizer(model_dir)
-    model, _ = load_trainable(model_dir, "lora", SFT)
+    model, _ = load_trainable(model_dir, SFT.model_copy(update={"method": "lora"}))
     facts = read_jsonl(root / "splits" / "tiny" / "train-L4-n12-s0.jsonl")[:4]
     batch = collate([qa_example(tokenizer, f["question"], f["answers"][0] + " and more", 48) for f in facts],
                     tokenizer.pad_token_id)

@@ -3,10 +3,13 @@ where the claim holds, one where it fails, and one with too few facts (inconclus
 import numpy as np
 import pytest
 
+from memqa import paths
 from memqa.accuracy import headline
-from memqa.stats import Arm, bootstrap, headline_of, level_slope, verdict
+from memqa.config import Report
+from memqa.stats import Arm, Estimate, bootstrap, headline_of, level_slope, verdict
+from memqa.study import Study
 from memqa.verdicts import (
-    Study,
+    all_verdicts,
     best_level_differs,
     diagonal,
     higher_memory_answered_better,
@@ -16,6 +19,14 @@ from memqa.verdicts import (
 )
 
 RNG = np.random.default_rng(0)
+
+
+def _report(min_facts: int = 5, replicates: int = 2000) -> Report:
+    return Report(reference=str(paths.PUBLISHED_FILE), min_level_facts=min_facts, margin=5.0,
+                  bootstrap_replicates=replicates)
+
+
+MIN5, MIN1 = _report(5), _report(1)
 
 
 def _correct(p: float | np.ndarray, seeds: int, facts: int) -> np.ndarray:
@@ -51,21 +62,26 @@ def test_bootstrap_of_a_constant_difference_has_a_zero_width_interval():
 
 def test_headline_is_the_mean_over_levels_with_enough_facts():
     assert headline([10.0, None, 50.0, 90.0], [20, 0, 20, 2], min_facts=5) == 30.0
-    assert headline([10.0, 50.0]) == 30.0
-    assert headline([None, None]) is None
+    assert headline([None, 40.0], [0, 2], min_facts=5) is None
+
+
+def test_headline_of_a_correctness_matrix_leaves_out_the_thin_level():
     levels = np.array([0] * 10 + [1] * 10 + [2])
     correct = np.r_[np.zeros(10), np.ones(10), np.ones(1)][None, :]
     assert headline_of(correct, levels, 3, min_facts=5) == 50.0  # level 2 (one fact) left out
+    assert np.isnan(headline_of(correct, levels, 3, min_facts=11))  # no level holds 11 facts
 
 
 def test_verdict_reads_the_interval_against_the_threshold():
-    from memqa.stats import Estimate
-
     assert verdict(Estimate(3, 1, 5, 10, 3), 0) == "reproduced"
     assert verdict(Estimate(-3, -5, -1, 10, 3), 0) == "contradicted"
     assert verdict(Estimate(1, -1, 3, 10, 3), 0) == "inconclusive"
     assert verdict(Estimate(-3, -5, -1, 10, 3), 0, higher_is_claim=False) == "reproduced"
+
+
+def test_level_slope_fits_the_levels_present():
     assert level_slope([10.0, None, 30.0]) == pytest.approx(10.0)
+    assert np.isnan(level_slope([None, 30.0, None]))
 
 
 def _study(n_facts: int, accuracy, sizes=("60", "240"), train_levels=(0, 1, 2), seeds=3, model="m") -> Study:
@@ -82,17 +98,17 @@ def _study(n_facts: int, accuracy, sizes=("60", "240"), train_levels=(0, 1, 2), 
 
 
 def test_sixty_suffice_holds_fails_and_is_inconclusive_with_few_facts():
-    held = sixty_suffice(_study(300, lambda lv, n, t: 0.5), margin=5, min_facts=5)
-    failed = sixty_suffice(_study(300, lambda lv, n, t: 0.2 if n == "60" else 0.6), margin=5, min_facts=5)
-    few = sixty_suffice(_study(6, lambda lv, n, t: 0.45 if n == "60" else 0.5), margin=5, min_facts=5)
+    held = sixty_suffice(_study(300, lambda lv, n, t: 0.5), MIN5)
+    failed = sixty_suffice(_study(300, lambda lv, n, t: 0.2 if n == "60" else 0.6), MIN5)
+    few = sixty_suffice(_study(6, lambda lv, n, t: 0.45 if n == "60" else 0.5), MIN5)
     assert (held["verdict"], failed["verdict"], few["verdict"]) == ("reproduced", "contradicted", "inconclusive")
     assert failed["effect"]["value"] < -30 and failed["effect"]["seeds"] == 3
 
 
 def test_higher_memory_test_facts_claim():
-    rising = higher_memory_answered_better(_study(200, lambda lv, n, t: 0.1 + 0.3 * t), min_facts=5)
-    falling = higher_memory_answered_better(_study(200, lambda lv, n, t: 0.7 - 0.3 * t), min_facts=5)
-    few = higher_memory_answered_better(_study(3, lambda lv, n, t: 0.1 + 0.3 * t), min_facts=5)
+    rising = higher_memory_answered_better(_study(200, lambda lv, n, t: 0.1 + 0.3 * t), MIN5)
+    falling = higher_memory_answered_better(_study(200, lambda lv, n, t: 0.7 - 0.3 * t), MIN5)
+    few = higher_memory_answered_better(_study(3, lambda lv, n, t: 0.1 + 0.3 * t), MIN5)
     assert (rising["verdict"], falling["verdict"], few["verdict"]) == ("reproduced", "contradicted", "inconclusive")
 
 
@@ -103,24 +119,24 @@ def test_diagonal_claim_per_test_level():
     def anti(lv, n, t):
         return 0.3 if lv == t else 0.8
 
-    assert {r["verdict"] for r in diagonal(_study(200, diag), min_facts=5)} == {"reproduced"}
-    assert {r["verdict"] for r in diagonal(_study(200, anti), min_facts=5)} == {"contradicted"}
-    assert {r["verdict"] for r in diagonal(_study(3, diag), min_facts=5)} == {"inconclusive"}
-    rows = diagonal(_study(200, diag), min_facts=5)
+    assert {r["verdict"] for r in diagonal(_study(200, diag), MIN5)} == {"reproduced"}
+    assert {r["verdict"] for r in diagonal(_study(200, anti), MIN5)} == {"contradicted"}
+    assert {r["verdict"] for r in diagonal(_study(3, diag), MIN5)} == {"inconclusive"}
+    rows = diagonal(_study(200, diag), MIN5)
     assert len(rows) == 3 and rows[0]["restricted_to_shared_relations"]["facts"] == 200
 
 
 def test_level0_hurts_claim():
-    hurts = level0_hurts(_study(200, lambda lv, n, t: 0.2 if lv == 0 else 0.6), min_facts=5)
-    helps = level0_hurts(_study(200, lambda lv, n, t: 0.8 if lv == 0 else 0.4), min_facts=5)
-    few = level0_hurts(_study(2, lambda lv, n, t: 0.45 if lv == 0 else 0.5), min_facts=1)
+    hurts = level0_hurts(_study(200, lambda lv, n, t: 0.2 if lv == 0 else 0.6), MIN5)
+    helps = level0_hurts(_study(200, lambda lv, n, t: 0.8 if lv == 0 else 0.4), MIN5)
+    few = level0_hurts(_study(2, lambda lv, n, t: 0.45 if lv == 0 else 0.5), MIN1)
     assert (hurts["verdict"], helps["verdict"], few["verdict"]) == ("reproduced", "contradicted", "inconclusive")
 
 
 def test_higher_memory_training_claim():
-    better = higher_memory_training_better(_study(200, lambda lv, n, t: 0.2 + 0.2 * lv), min_facts=5)
-    worse = higher_memory_training_better(_study(200, lambda lv, n, t: 0.7 - 0.2 * lv), min_facts=5)
-    few = higher_memory_training_better(_study(2, lambda lv, n, t: 0.45 + 0.02 * lv), min_facts=1)
+    better = higher_memory_training_better(_study(200, lambda lv, n, t: 0.2 + 0.2 * lv), MIN5)
+    worse = higher_memory_training_better(_study(200, lambda lv, n, t: 0.7 - 0.2 * lv), MIN5)
+    few = higher_memory_training_better(_study(2, lambda lv, n, t: 0.45 + 0.02 * lv), MIN1)
     assert (better["verdict"], worse["verdict"], few["verdict"]) == ("reproduced", "contradicted", "inconclusive")
 
 
@@ -130,9 +146,9 @@ def test_best_training_level_differs_between_models():
     same = _study(200, lambda lv, n, t: 0.8 if lv == 0 else 0.3, model="c")
     few_a = _study(2, lambda lv, n, t: 0.5 + 0.01 * lv, model="a")
     few_b = _study(2, lambda lv, n, t: 0.5 - 0.01 * lv, model="b")
-    assert {r["verdict"] for r in best_level_differs([a, b], min_facts=5)} == {"reproduced"}
-    assert {r["verdict"] for r in best_level_differs([a, same], min_facts=5)} == {"contradicted"}
-    assert {r["verdict"] for r in best_level_differs([few_a, few_b], min_facts=1)} == {"inconclusive"}
+    assert {r["verdict"] for r in best_level_differs([a, b], MIN5)} == {"reproduced"}
+    assert {r["verdict"] for r in best_level_differs([a, same], MIN5)} == {"contradicted"}
+    assert {r["verdict"] for r in best_level_differs([few_a, few_b], MIN1)} == {"inconclusive"}
 
 
 def test_diagonal_pools_every_size_and_seed_of_a_training_level():
@@ -145,11 +161,21 @@ def test_diagonal_pools_every_size_and_seed_of_a_training_level():
     for lv in (0, 1):
         for n in ("60", "240"):
             study.cells[(lv, n)] = _correct(np.array([accuracy(lv, n, t) for t in levels]), 3, len(levels))
-    row = next(r for r in diagonal(study, min_facts=5) if "test level 1" in r["claim"])
+    row = next(r for r in diagonal(study, MIN5) if "test level 1" in r["claim"])
     assert row["verdict"] != "reproduced" and row["effect"]["value"] == pytest.approx(-2.5, abs=4)
 
 
 def test_best_training_level_claim_with_one_model_says_it_was_not_run():
     a = _study(200, lambda lv, n, t: 0.8 if lv == 0 else 0.3, model="a")
-    [row] = best_level_differs([a], min_facts=5)
+    [row] = best_level_differs([a], MIN5)
     assert row["verdict"] == "inconclusive" and row["effect"] is None and "one model" in row["note"]
+
+
+def test_every_verdict_interval_follows_report_bootstrap_replicates():
+    """The replicate count reaches each claim's bootstrap (it once stayed at 2,000 whatever the params said)."""
+    study = _study(30, lambda lv, n, t: 0.3 + 0.1 * lv + 0.1 * t)
+    few, many = all_verdicts([study], _report(5, 100)), all_verdicts([study], _report(5, 2000))
+    assert [v["claim"] for v in few] == [v["claim"] for v in many]
+    assert all(a["effect"]["value"] == b["effect"]["value"] for a, b in zip(few, many, strict=True) if a["effect"])
+    assert all((a["effect"]["low"], a["effect"]["high"]) != (b["effect"]["low"], b["effect"]["high"])
+               for a, b in zip(few, many, strict=True) if a["effect"] and a["effect"]["low"] != a["effect"]["high"])

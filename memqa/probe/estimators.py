@@ -1,0 +1,167 @@
+"""The probe's estimators of a fact's memory score R, one registry entry each (ESTIMATORS: probe.method -> estimator),
+and score_facts, which lays out the prompts and runs the one probe.method names.
+
+A new estimator is a function here, (model, tokenizer, Prompts, conf, seed) -> one row per fact, and its entry in
+ESTIMATORS (its name must also be allowed by memqa.config.PROBE_METHOD: tests/test_probe.py checks the two agree).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from memqa import engine, teacher_forcing
+from memqa.config import Probe
+from memqa.errors import MemqaError
+from memqa.matching import get_matcher
+from memqa.memory import probe_group
+from memqa.probe.containment import greedy_containment, rao_blackwell
+from memqa.probe.tracing import answer_variants, stop_at_answer
+from memqa.prompts import fill, templates_for
+
+# rao_blackwell draws from streams of its own: under one seed its samples are independent of `sample`'s.
+RB_STREAM = 0x52424C << 32
+
+
+@dataclass(frozen=True)
+class Prompts:
+    """A shard's facts and their prompts, laid out fact by fact, per_fact (probe.templates) prompts each."""
+    facts: list[dict]
+    texts: list[str]
+
+    @classmethod
+    def of(cls, facts: list[dict], templates: int) -> Prompts:
+        return cls(facts, [fill(t, fact["subject"]) for fact in facts for t in templates_for(fact["relation"],
+                                                                                               templates)])
+
+    @property
+    def per_fact(self) -> int:
+        return len(self.texts) // len(self.facts)
+
+    def answers(self, p: int) -> list[str]:
+        """The gold answers of prompt p (of fact p // per_fact)."""
+        return self.facts[p // self.per_fact]["answers"]
+
+    def of_fact(self, f: int) -> slice:
+        """Fact f's prompts."""
+        return slice(f * self.per_fact, (f + 1) * self.per_fact)
+
+
+def sample(model, tokenizer, prompts: Prompts, conf: Probe, seed: int) -> list[dict]:
+    """The paper's protocol: R = the share of probe.samples completions per template (one, greedy, at temperature
+    0) that contain a gold answer under probe.matcher.
+
+    A completion stops as soon as it contains a gold answer (tracing.stop_at_answer): later tokens could not
+    change whether it counts, so R is the same as from full-length completions, at a fraction of the decoding.
+    Saved completions (save_completions) are therefore cut where the answer was found.
+    """
+    matcher = get_matcher(conf.matcher)
+    samples = 1 if conf.temperature == 0 else conf.samples
+    completions = engine.generate(model, tokenizer, prompts.texts, max_new_tokens=conf.max_new_tokens,
+                                  num_samples=samples, temperature=conf.temperature, batch_size=conf.batch_size,
+                                  seed=seed, stop_when=stop_at_answer(tokenizer, matcher, prompts.answers))
+    rows = []
+    for f, fact in enumerate(prompts.facts):
+        mine = completions[prompts.of_fact(f)]
+        correct = [sum(matcher(text, fact["answers"]) for text in texts) for texts in mine]
+        row = {"template_correct": correct, "score": sum(correct) / (len(correct) * samples)}
+        if conf.save_completions:
+            row["completions"] = mine
+        rows.append(row)
+    return rows
+
+
+def likelihood(model, tokenizer, prompts: Prompts, conf: Probe, seed: int) -> list[dict]:
+    """A lower bound of sampling's R: per template, the probability that a sample starts with the answer (its best
+    alias, after a space), from one teacher-forced pass per alias."""
+    texts = prompts.texts
+    pairs = [(p, " " + answer) for p in range(len(texts)) for answer in prompts.answers(p)]
+    logprobs = teacher_forcing.continuation_logprobs(model, tokenizer, [texts[p] for p, _ in pairs],
+                                                     [answer for _, answer in pairs], temperature=conf.temperature,
+                                                     batch_size=conf.batch_size)
+    best = [0.0] * len(texts)  # the best alias per prompt
+    for (p, _), logprob in zip(pairs, logprobs, strict=True):
+        best[p] = max(best[p], math.exp(logprob))
+    rows = []
+    for f in range(len(prompts.facts)):
+        probs = [round(b, 6) for b in best[prompts.of_fact(f)]]
+        rows.append({"template_prob": probs, "score": sum(probs) / len(probs)})
+    return rows
+
+
+def _variants(tokenizer, prompts: Prompts) -> tuple[list[list[tuple[int, ...]]], list[list[str]]]:
+    """Per prompt: its answer variants (answer_variants, computed once per fact) and its gold answers."""
+    per_fact = [answer_variants(tokenizer, fact["answers"]) for fact in prompts.facts]
+    n = len(prompts.texts)
+    return [per_fact[p // prompts.per_fact] for p in range(n)], [prompts.answers(p) for p in range(n)]
+
+
+def _traced_row(tokenizer, value: list[float], paths: list[list[dict]], conf: Probe, **extra) -> dict:
+    """One fact's row from its templates' estimates: template_prob, score, extra, (save_completions) the paths."""
+    probs = [round(v, 6) for v in value]
+    row = {"template_prob": probs, "score": sum(probs) / len(probs), **extra}
+    if conf.save_completions:
+        row["completions"] = [[tokenizer.decode(path["tokens"], skip_special_tokens=True) for path in rows]
+                              for rows in paths]
+    return row
+
+
+def greedy(model, tokenizer, prompts: Prompts, conf: Probe, seed: int) -> list[dict]:
+    """greedy_containment per template (a lower bound of P(a sample contains the answer), from the greedy path);
+    slack: the fact's mean of what the approximations left out, at most."""
+    variants, answers = _variants(tokenizer, prompts)
+    value, slack, paths = greedy_containment(model, tokenizer, prompts.texts, variants, answers, conf)
+    rows = []
+    for f in range(len(prompts.facts)):
+        mine = prompts.of_fact(f)
+        rows.append(_traced_row(tokenizer, value[mine], [[path] for path in paths[mine]], conf,
+                                slack=round(sum(slack[mine]) / prompts.per_fact, 6)))
+    return rows
+
+
+def rao_blackwellised(model, tokenizer, prompts: Prompts, conf: Probe, seed: int) -> list[dict]:
+    """rao_blackwell per template: the mean of probe.rb_samples unbiased estimates of P(a sample contains the
+    answer), one per sample (drawn from streams of its own, RB_STREAM); sample_prob: every estimate."""
+    variants, answers = _variants(tokenizer, prompts)
+    estimates, paths = rao_blackwell(model, tokenizer, prompts.texts, variants, answers, conf,
+                                     samples=conf.rb_samples, seed=seed ^ RB_STREAM)
+    rows = []
+    for f in range(len(prompts.facts)):
+        mine = prompts.of_fact(f)
+        rows.append(_traced_row(tokenizer, [sum(e) / conf.rb_samples for e in estimates[mine]], paths[mine], conf,
+                                sample_prob=[[round(v, 6) for v in e] for e in estimates[mine]]))
+    return rows
+
+
+@dataclass(frozen=True)
+class Estimator:
+    """One probe.method: how it scores a shard's facts, which method its crosscheck (probe.crosscheck_facts) runs
+    against it, and the probe params only it reads (they key its shards only: shards.fingerprint)."""
+    score: Callable[..., list[dict]]
+    crosscheck: str
+    own_params: tuple[str, ...] = ()
+
+
+ESTIMATORS: dict[str, Estimator] = {
+    "sample": Estimator(sample, crosscheck="likelihood"),
+    "likelihood": Estimator(likelihood, crosscheck="sample"),
+    "greedy_containment": Estimator(greedy, crosscheck="sample"),
+    "rao_blackwell": Estimator(rao_blackwellised, crosscheck="sample", own_params=("rb_samples", "rb_max_new_tokens")),
+}
+
+
+def estimator(method: str) -> Estimator:
+    if method not in ESTIMATORS:
+        raise MemqaError(f"unknown probe.method '{method}': use one of {', '.join(ESTIMATORS)}")
+    return ESTIMATORS[method]
+
+
+def score_facts(model, tokenizer, facts: list[dict], conf: Probe, method: str, seed: int) -> list[dict]:
+    """One row per fact: R (score), the method's per-template results, and (when asked) the completions.
+
+    Completions stop at an answer only where decoding a prefix of the tokens gives a prefix of the text
+    (byte-level BPE and SentencePiece decoders do); a tokenizer that cleans up spaces decodes to full length.
+    """
+    rows = estimator(method).score(model, tokenizer, Prompts.of(facts, conf.templates), conf, seed)
+    return [{"fact_id": fact["fact_id"], "group": probe_group(fact), "relation": fact["relation"],
+             "subject": fact["subject"], "method": method, **row} for fact, row in zip(facts, rows, strict=True)]

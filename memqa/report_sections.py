@@ -1,0 +1,153 @@
+"""REPORT.md's sections from the level distributions on: memory levels (and the estimator's agreement with the
+paper's protocol), the results grid, the figures, and the side-by-side with the published numbers."""
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+from memqa.accuracy import DOMAINS
+from memqa.config import Params
+from memqa.grid import grid_levels
+from memqa.memory import resolution
+
+
+def fmt(value) -> str:
+    return "-" if value is None else f"{value:.1f}" if isinstance(value, float) else str(value)
+
+
+def interval(value, low, high) -> str:
+    return "-" if value is None else f"{value:.1f} [{low:.1f}, {high:.1f}]"
+
+
+def _with_interval(row: dict, key: str) -> str:
+    """row[key], followed by its 95% interval row[key_ci] when the crosscheck recorded one."""
+    interval = row.get(f"{key}_ci")
+    return f"{row.get(key, '?')}" + (f" [{interval[0]}, {interval[1]}]" if interval else "")
+
+
+def _crosscheck_name(params: Params) -> str:
+    """The estimator's name in benchmarks/probe_crosscheck.py's summary."""
+    probe = params.probe
+    if probe.method != "rao_blackwell":
+        return probe.method
+    return f"rao_blackwell_k{probe.rb_samples}{'_h16' if probe.rb_max_new_tokens == 16 else ''}"
+
+
+def estimator_agreement(params: Params, results_dir: Path) -> list[str]:
+    """Which estimator made the levels, and its agreement with the paper's sampling protocol as measured by
+    benchmarks/probe_crosscheck.py on held-out facts of each model (when that result is present)."""
+    probe, name = params.probe, _crosscheck_name(params)
+    out = [f"Levels made by `probe.method: {probe.method}`"
+           + (" (the paper's protocol)." if probe.method == "sample" else
+              "; its agreement with the paper's sampling protocol (benchmarks/probe_crosscheck.py, held-out "
+              "REPORT half of facts stratified over the estimator's range; Spearman of R, Cohen's kappa of levels, "
+              "[95% bootstrap intervals over those facts]):")]
+    if probe.method == "sample":
+        return out + [""]
+    for model in params.models:
+        path = results_dir / f"probe_crosscheck-{model}.json"
+        result = json.loads(path.read_text()) if path.is_file() else {}
+        row = result.get("summary", {}).get(name)
+        if row is None:
+            out.append(f"- {model}: not measured (run benchmarks/probe_crosscheck.py --model {model}).")
+            continue
+        ceiling = result.get("sampling_noise_ceiling", {})
+        # The pipeline calls level 0 below the protocol's resolution; the crosscheck's headline kappa uses a
+        # level-0 threshold (and calibration) fitted on its FIT half, which these levels did not get.
+        out.append(f"- {model}: Spearman {_with_interval(row, 'spearman_report')}; Cohen's kappa of the levels as "
+                   f"made here (level 0 below 1/{round(1 / resolution(probe.templates, probe.samples))}) "
+                   f"{_with_interval(row, 'kappa_report_raw')}, with a level-0 threshold and calibration "
+                   f"({row.get('calibration', '?')}) fitted on the FIT half {_with_interval(row, 'kappa_report')}; on "
+                   f"{result['selection']['report']} held-out facts ({result['selection']['facts']} scored), at "
+                   f"{row['gflops_vs_sample']}x less compute than sampling; sampling against itself: Spearman "
+                   f"{ceiling.get('spearman_ceiling_report', '?')}, kappa {ceiling.get('kappa_median', '?')}.")
+    return out + [""]
+
+
+def _cross_model(plots_dir: Path) -> list[str]:
+    """The level agreement between models (plots/data/cross_model.json), when there are two or more."""
+    cross = plots_dir / "data" / "cross_model.json"
+    agreement = json.loads(cross.read_text()) if cross.is_file() else {}
+    if not agreement:
+        return []
+    return [*(f"Level agreement {pair.replace('~', ' vs ')}: Cohen's kappa {a['cohen_kappa']}, same level for "
+              f"{100 * a['same_level']:.1f}% of {a['facts']} facts." for pair, a in agreement.items()),
+            "", f"![cross-model]({plots_dir}/png/cross_model.png)", ""]
+
+
+def memory_levels(params: Params, rows: list[dict], splits: dict[str, dict], reference: dict, plots_dir: Path,
+                  results_dir: Path) -> list[str]:
+    """The estimator, facts per level per model (and the published counts), and the cross-model agreement."""
+    out = ["", "## Memory levels", "", *estimator_agreement(params, results_dir),
+           f"Facts per level {list(grid_levels(rows))}:", "",
+           "| model | train pool | in-domain test | out-of-domain test |", "|---|---|---|---|"]
+    for model, split in splits.items():
+        counts = split["level_counts"]
+        out.append(f"| {model} | {counts['train']} | {counts['test_id']} | {counts['test_ood']} |")
+    for name, counts in reference.get("level_counts_ye2025", {}).items():
+        out.append(f"| {name} (published, ye2025) | {counts['train']} | {counts['test_id']} | {counts['test_ood']} |")
+    return out + ["", f"![levels]({plots_dir}/png/levels.png)", "", *_cross_model(plots_dir)]
+
+
+def _short_cells(splits: dict[str, dict]) -> list[str]:
+    cells = [(model, c) for model, split in splits.items() for c in split["cells"] if c["shortfall"] or c["skipped"]]
+    if not cells:
+        return []
+    return ["", "Training sets smaller than asked (level pools run short at this subsample):", "",
+            *(f"- {m}: level {c['level']}, size {c['size']}, seed {c['seed']}: {c['actual']} of {c['requested']}"
+              f"{' (skipped)' if c['skipped'] else ''}" for m, c in cells)]
+
+
+def results_grid(params: Params, rows: list[dict], splits: dict[str, dict]) -> list[str]:
+    """grid.csv as a table (means and intervals), then the training sets smaller than asked."""
+    levels = grid_levels(rows)
+    out = ["## Results grid", "", "Accuracy (%) per test level, headline (mean over the test levels with at least "
+           f"{params.report.min_level_facts} facts) and micro accuracy: mean over seeds [95% interval over seeds and "
+           "test facts]; `-` = no test fact of that level.", "",
+           "| model | train level | size | seeds | train facts | domain | " + "".join(f"L{lv} (n) | " for lv in levels)
+           + "headline | micro |", "|---|---|---|---|---|---|" + "---|" * len(levels) + "---|---|"]
+    for r in rows:
+        accuracies = " | ".join(f"{interval(r[f'L{lv}'], r[f'L{lv}_low'], r[f'L{lv}_high'])} ({r[f'n_L{lv}']})"
+                                for lv in levels)
+        out.append(f"| {r['model']} | {r['train_level']} | {r['size']} | {r['seeds']} | {fmt(r['train_facts'])} | "
+                   f"{r['domain']} | {accuracies} | {interval(r['headline'], r['headline_low'], r['headline_high'])} | "
+                   f"{interval(r['micro'], r['micro_low'], r['micro_high'])} |")
+    return out + _short_cells(splits)
+
+
+def figures(models: list[str], plots_dir: Path) -> list[str]:
+    out = ["", "## Figures", ""]
+    for model in models:
+        out += [f"![accuracy vs size, {model}]({plots_dir}/png/acc_vs_size-{model}.png)", "",
+                f"![train x test level, {model}]({plots_dir}/png/diagonal-{model}.png)", ""]
+    return out
+
+
+def mean_headline_by_level(rows: list[dict], model: str, domain: str) -> dict[str, float]:
+    """The mean of the grid's headlines per training level over its sizes (each already the headline rule's,
+    a mean over seeds), base included; a group without a headline is left out."""
+    out: dict[str, list[float]] = {}
+    for r in rows:
+        if r["model"] == model and r["domain"] == domain and r["headline"] is not None:
+            out.setdefault(r["train_level"], []).append(r["headline"])
+    return {k: statistics.mean(v) for k, v in out.items()}
+
+
+def published_reference(models: list[str], rows: list[dict], reference: dict) -> list[str]:
+    """ye2025's headlines at 1920 facts per training level beside this run's, and ye2024's claims."""
+    out = ["## Published reference (side by side)", "",
+           "Published headline accuracy (%) after full fine-tuning on 1920 facts per training level "
+           "(ye2025 Table 2, LLaMA-3-8B, same pipeline as ye2024) next to this run's mean headline per training "
+           "level (mean over its sizes and seeds). Different models and scale: compare the shape, not the values.", "",
+           "| train level | published id | published ood | " + " | ".join(f"{m} id | {m} ood" for m in models) + " |",
+           "|---|---|---|" + "---|---|" * len(models)]
+    published = reference.get("grid_1920_ye2025", {}).get("llama-3-8b", {})
+    ours = {m: {d: mean_headline_by_level(rows, m, d) for d in DOMAINS} for m in models}
+    for lv in grid_levels(rows):
+        pub = [published.get(d, {}).get(f"train-{lv}", [None] * 6)[-1] for d in DOMAINS]
+        mine = " | ".join(f"{fmt(ours[m]['id'].get(str(lv)))} | {fmt(ours[m]['ood'].get(str(lv)))}" for m in models)
+        out.append(f"| {lv} | {fmt(pub[0])} | {fmt(pub[1])} | {mine} |")
+    base = " | ".join(f"{fmt(ours[m]['id'].get('base'))} | {fmt(ours[m]['ood'].get('base'))}" for m in models)
+    out.append(f"| untrained base | - | - | {base} |")
+    return out + ["", "Published claims (ye2024): " + "; ".join(reference.get("claims_ye2024", [])) + ".", ""]
