@@ -229,8 +229,7 @@ def load_model(model_dir: str | Path, dtype: str = "bfloat16", on: torch.device 
 def compute_dtype(conf: Sft) -> torch.dtype:
     """The dtype the forward pass runs in (`auto`): bf16 on CUDA, fp32 on CPU.
 
-    On CPU fp32 is not slower: measured on this 2-core CPU (Gemma 3 270M, LoRA), SFT on 60 facts 38.9 s vs 39.7 s
-    in bf16, and greedy evaluation of 480 test facts 20.8 s vs 34.0 s.
+    On CPU fp32 is not slower (measured: docs/development.md, "Measured wall times").
 
     Full fine-tuning keeps fp32 master weights whatever this is (AdamW at lr 1e-5 on bf16 weights rounds
     most updates away); a bf16 compute dtype then means bf16 autocast.
