@@ -1,6 +1,7 @@
 """Every file the pipeline reads or writes, relative to the project root, and the grid cell's name.
 
-dvc.yaml spells the same paths out (DVC needs them literally); tests/test_layout.py checks the two agree.
+dvc.yaml spells the same paths out (DVC needs them literally; change both together); tests/test_layout.py rejects
+path literals anywhere else in memqa/ and stages/.
 """
 from __future__ import annotations
 
