@@ -4,9 +4,11 @@ lower bound from the greedy path alone (greedy_containment), and unbiased Rao-Bl
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 from memqa.config import Probe
-from memqa.probe.tracing import trace_paths
+from memqa.matching import get_matcher
+from memqa.probe.tracing import answer_settled, trace_paths
 
 # greedy_containment follows a greedy path only while the path's own tempered probability is above PATH_FLOOR:
 # every later term is a sample that begins with that whole prefix, so together they are below it.
@@ -59,42 +61,63 @@ def greedy_containment(model, tokenizer, prompts: list[str], variants: list[list
 def rao_blackwell(model, tokenizer, prompts: list[str], variants: list[list[tuple[int, ...]]],
                   answers: list[list[str]], conf: Probe, *, samples: int, seed: int) -> tuple[list[list[float]], list]:
     """Per prompt, `samples` unbiased estimates of P(a temperature-T sample of <= N tokens contains a gold
-    answer), one from each sample x (drawn as the sampler draws, stopped at its first match tau); also the paths.
-
-        Y(x) = sum_{j < tau} sum_{v included at j} P_T(x_j+1.. = v | x_<=j)  +  [tau exists and the match at tau
-               is not an included variant v ending at tau, i.e. x_tau-|v|+1..tau = v with v included at tau-|v|]
-
-    (tau = infinity when x never matches; j runs over every position x reached, the one at which it drew
-    EOS included; v included at j: j + |v| <= N, and |v| = 1 or P_T(v_1 | x_<=j) > REST_FLOOR, where v's
-    further tokens are teacher-forced by a fork of the path.)
-    Unbiased: let G be "some included variant v begins at a position j and its last token is the sample's
-    first match" (tau = j + |v|). G's pieces for different (j, v) are disjoint, and the piece (j, v) is
-    {tau > j} and {v begins at j}; {tau > j} and whether v is included at j are decided by x_<=j, so
-    P(piece) = E[1(tau > j) 1(v included at j) P_T(v at j | x_<=j)]; summed over (j, v), the expectation of the
-    first part of Y is P(G). The second part is the indicator of {contains} minus G, so E[Y] = P(contains).
-    Two edge cases are assumed away: an answer whose token sequence overlaps itself (its suffix is its
-    prefix), and a text that contains the answer before the variant's last token (a character run ending
-    the previous text completes it); both would make Y count a little too much. The threshold costs no bias
-    (it only moves mass between the two parts), only variance. Y is not capped at 1 (its mean is <= 1).
+    answer), one from each sample x (drawn as the sampler draws, stopped at its first match tau), by rb_estimate;
+    also the paths. With probe.rb_max_new_tokens = H < N, a sample is decoded only H tokens and only the
+    positions before H count: the estimate is then an unbiased one of a lower bound of P(contains).
     Rao-Blackwellised: each step's "does the answer begin here" indicator is replaced by its conditional
-    probability given the prefix, so a fact below the sampler's resolution still gets a graded score.
-    With probe.rb_max_new_tokens = H < N, a sample is decoded only H tokens and j runs below min(tau, H):
-    Y then estimates, unbiased, P(the first match begins before position H), a lower bound of P(contains).
-    """
-    n_new = conf.max_new_tokens
+    probability given the prefix, so a fact below the sampler's resolution still gets a graded score."""
     paths = trace_paths(model, tokenizer, prompts, variants, answers, conf, samples=samples,
                         temperature=conf.temperature, seed=seed, horizon=conf.rb_max_new_tokens)
-    value = [[0.0] * samples for _ in prompts]
+    matcher = get_matcher(conf.matcher)
+    value = []
     for p, rows in enumerate(paths):
-        for s, path in enumerate(rows):
-            explained = False
-            for j, first in enumerate(path["first"]):
-                for v in variants[p]:
-                    if j + len(v) > n_new or (len(v) > 1 and (j, v) not in path["rest"]):
-                        continue
-                    value[p][s] += math.exp(first[v[0]] + (path["rest"][(j, v)] if len(v) > 1 else 0.0))
-                    if path["match"] == j + len(v) and tuple(path["tokens"][j:j + len(v)]) == v:
-                        explained = True
-            if path["match"] is not None and not explained:
-                value[p][s] += 1.0
+        def settled(tokens: list[int], gold: list[str] = answers[p]) -> bool:
+            return answer_settled(matcher, tokenizer.decode(tokens, skip_special_tokens=True), gold)
+
+        value.append([rb_estimate(path, variants[p], conf.max_new_tokens, settled) for path in rows])
     return value, paths
+
+
+def _included(path: dict, j: int, v: tuple[int, ...], n_new: int) -> bool:
+    """Whether variant v counts at position j of the path: j recorded, v ends by n_new, and v's tokens after its
+    first were teacher-forced there (done where P_T(v_1 | x_<=j) > REST_FLOOR)."""
+    return 0 <= j < len(path["first"]) and j + len(v) <= n_new and (len(v) == 1 or (j, v) in path["rest"])
+
+
+def _first_match_ends(path: dict, j: int, v: tuple[int, ...], variants: list[tuple[int, ...]], n_new: int,
+                      settled: Callable[[list[int]], bool]) -> bool:
+    """Whether x_<=j followed by v has its first match exactly at v's last token, and v is the longest included
+    variant ending there (so each first match is counted under one (j, v) only: a variant that is another's
+    suffix, 'York' in 'New York', or that overlaps itself, 'la' 'la', is not counted twice)."""
+    tokens, end = path["tokens"][:j] + list(v), j + len(v)
+    if any(len(v) < len(w) <= end and tuple(tokens[end - len(w):end]) == w and _included(path, end - len(w), w, n_new)
+           for w in variants):
+        return False
+    # x_<=j has not matched (j is before the path's first match): the first match is at the first k that settles
+    return settled(tokens) and not any(settled(tokens[:j + k]) for k in range(1, len(v)))
+
+
+def rb_estimate(path: dict, variants: list[tuple[int, ...]], n_new: int,
+                settled: Callable[[list[int]], bool]) -> float:
+    """One sample's unbiased estimate Y of P(contains), from its traced path (tokens, first, rest, match) and
+    settled(tokens) = whether their text already counts as correct whatever follows (tracing.answer_settled):
+
+        Y = sum over recorded positions j and included variants v of  P_T(x_j+1.. = v | x_<=j) [E(j, v)]
+            + [x matched, and at its match tau no included variant v has x_tau-|v|+1..tau = v]
+
+    E(j, v): x_<=j followed by v first matches exactly at v's last token, and no longer included variant ends
+    there on those tokens (_first_match_ends). The events {x_j+1.. = v and E(j, v)} are disjoint (each is "the
+    first match is at j + |v| and v is the longest included variant ending on it"), and E(j, v) and v's inclusion
+    at j are decided by x_<=j, so the first part's expectation is the probability of their union; the second
+    part is the indicator of the rest of {contains}. Hence E[Y] = P(contains), exactly (tested by enumerating a
+    toy model's completions). Y is not capped at 1 (its mean is <= 1)."""
+    value = 0.0
+    for j, first in enumerate(path["first"]):
+        for v in variants:
+            if _included(path, j, v, n_new) and _first_match_ends(path, j, v, variants, n_new, settled):
+                value += math.exp(first[v[0]] + (path["rest"][(j, v)] if len(v) > 1 else 0.0))
+    tau = path["match"]
+    if tau is not None and not any(_included(path, tau - len(v), v, n_new) and
+                                   tuple(path["tokens"][tau - len(v):tau]) == v for v in variants):
+        value += 1.0
+    return value

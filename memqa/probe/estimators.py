@@ -89,9 +89,10 @@ def likelihood(model, tokenizer, prompts: Prompts, conf: Probe, seed: int) -> li
     return rows
 
 
-def _variants(tokenizer, prompts: Prompts) -> tuple[list[list[tuple[int, ...]]], list[list[str]]]:
+def _variants(tokenizer, prompts: Prompts, conf: Probe) -> tuple[list[list[tuple[int, ...]]], list[list[str]]]:
     """Per prompt: its answer variants (answer_variants, computed once per fact) and its gold answers."""
-    per_fact = [answer_variants(tokenizer, fact["answers"]) for fact in prompts.facts]
+    matcher = get_matcher(conf.matcher)
+    per_fact = [answer_variants(tokenizer, fact["answers"], matcher) for fact in prompts.facts]
     n = len(prompts.texts)
     return [per_fact[p // prompts.per_fact] for p in range(n)], [prompts.answers(p) for p in range(n)]
 
@@ -109,7 +110,7 @@ def _traced_row(tokenizer, value: list[float], paths: list[list[dict]], conf: Pr
 def greedy(model, tokenizer, prompts: Prompts, conf: Probe, seed: int) -> list[dict]:
     """greedy_containment per template (a lower bound of P(a sample contains the answer), from the greedy path);
     slack: the fact's mean of what the approximations left out, at most."""
-    variants, answers = _variants(tokenizer, prompts)
+    variants, answers = _variants(tokenizer, prompts, conf)
     value, slack, paths = greedy_containment(model, tokenizer, prompts.texts, variants, answers, conf)
     rows = []
     for f in range(len(prompts.facts)):
@@ -122,7 +123,7 @@ def greedy(model, tokenizer, prompts: Prompts, conf: Probe, seed: int) -> list[d
 def rao_blackwellised(model, tokenizer, prompts: Prompts, conf: Probe, seed: int) -> list[dict]:
     """rao_blackwell per template: the mean of probe.rb_samples unbiased estimates of P(a sample contains the
     answer), one per sample (drawn from streams of its own, RB_STREAM); sample_prob: every estimate."""
-    variants, answers = _variants(tokenizer, prompts)
+    variants, answers = _variants(tokenizer, prompts, conf)
     estimates, paths = rao_blackwell(model, tokenizer, prompts.texts, variants, answers, conf,
                                      samples=conf.rb_samples, seed=seed ^ RB_STREAM)
     rows = []

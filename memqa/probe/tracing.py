@@ -41,17 +41,21 @@ def stop_at_answer(tokenizer, matcher, answers_of):
     return lambda p, text: answer_settled(matcher, text, answers_of(p))
 
 
-def answer_variants(tokenizer, answers: list[str]) -> list[tuple[int, ...]]:
+def answer_variants(tokenizer, answers: list[str], matcher=contains) -> list[tuple[int, ...]]:
     """The token sequences whose appearance in a completion puts a gold answer in its text: every alias with a
     leading space (' Paris', after a word) and without ('Paris', after a newline or a quote), each tokenised
-    on its own. Prefix-free: a sequence that extends another is dropped, since it implies the shorter one;
+    on its own and cut after its shortest prefix whose text already counts as correct (answer_settled): the
+    matcher ignores a final '.', so ' Apple Inc.' -> [' Apple', ' Inc', '.'] is cut to [' Apple', ' Inc'], where
+    the sampler stops. Prefix-free: a sequence that extends another is dropped, since it implies the shorter one;
     so at one position at most one variant can begin, and their probabilities add up exactly."""
     found = set()
     for answer in answers:
         for text in (" " + answer, answer):
             ids = tuple(tokenizer(text, add_special_tokens=False)["input_ids"])
+            settled = next((k for k in range(1, len(ids)) if answer_settled(
+                matcher, tokenizer.decode(list(ids[:k]), skip_special_tokens=True), answers)), len(ids))
             if ids:
-                found.add(ids)
+                found.add(ids[:settled])
     return sorted(v for v in found if not any(o != v and v[:len(o)] == o for o in found))
 
 
