@@ -38,7 +38,8 @@ def headline(accuracies: Sequence[float | None], counts: Sequence[int], min_fact
 
 def accuracy_metrics(predictions: list[dict], n_levels: int, min_facts: int = 1) -> dict:
     """Per domain: accuracy per test level, headline (levels with >= min_facts facts) and micro accuracy,
-    facts per level, and the levels the headline leaves out."""
+    facts per level ({L0: ..}: scalars, which `dvc metrics show` and `dvc exp show` display), and the levels the
+    headline leaves out."""
     metrics = {}
     for domain in DOMAINS:
         rows = [p for p in predictions if p["domain"] == domain]
@@ -50,7 +51,7 @@ def accuracy_metrics(predictions: list[dict], n_levels: int, min_facts: int = 1)
             "headline": None if mean is None else round(mean, 2),
             "micro": round(100 * sum(p["correct"] for p in rows) / len(rows), 2) if rows else None,
             **{f"L{lv}": acc[lv] for lv in range(n_levels)},
-            "n": n,
+            "n": {f"L{lv}": n[lv] for lv in range(n_levels)},  # scalars: `dvc metrics show` drops lists
             "levels_left_out": levels_left_out(n, min_facts),
         }
     return metrics

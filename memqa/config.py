@@ -35,6 +35,7 @@ MATCHER = Literal["contains", "token_sequence"]
 PROBE_METHOD = Literal["sample", "likelihood", "greedy_containment", "rao_blackwell"]
 SFT_METHOD = Literal["qlora", "lora", "full"]
 SHORT_POOL = Literal["use", "skip"]
+SYNONYMS = Literal["published", "none"]
 _UNION_TAG = re.compile(r"constrained-\w+|literal\[.*\]|function-\w+\[.*\]|int|float|str|bool|none|\[key\]")
 _FLOAT_TEXT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 # A model name becomes a folder (data/models/<name>) and a word of a DVC command: letters, digits, '.', '_', '-'
@@ -157,6 +158,10 @@ class Evaluate(Section):
     matcher: MATCHER
 
 
+class Matching(Section):
+    synonyms: SYNONYMS = "published"  # gold forms also accepted, in the probe and evaluation alike
+
+
 class Plot(Section):
     dpi: Count = 120
 
@@ -175,6 +180,7 @@ class Params(Section):
     split: Split
     sft: Sft
     evaluate: Evaluate
+    matching: Matching = Matching()
     plot: Plot = Plot()
     report: Report
 

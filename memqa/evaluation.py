@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from memqa.accuracy import accuracy_metrics
+from memqa.artifacts import evaluation_artifacts, first_line_exact
 from memqa.distributed import gather_in_order, my_share, process_state
 from memqa.engine import generate, length_sorted_batches
 from memqa.errors import MemqaError
@@ -41,8 +42,10 @@ def predict(model, tokenizer, facts: list[dict], conf: Evaluate, state=None) -> 
         for i, out in zip(batches[b], outputs, strict=True):
             f = facts[i]
             mine.append((i, {"fact_id": f["fact_id"], "domain": f["domain"], "relation": f["relation"],
+                             "subject": f["subject"],
                              "level": f["level"], "question": f["question"], "gold": f["answers"], "output": out[0],
-                             "correct": matcher(out[0], f["answers"])}))
+                             "correct": matcher(out[0], f["answers"]),
+                             "exact": first_line_exact(out[0], f["answers"])}))
     return gather_in_order(mine, state)
 
 
@@ -95,4 +98,11 @@ def evaluate_cell(facts: list[dict], trained_dir: Path | None, model_dir: Path, 
     return predictions, {"skipped": False, "train_facts": info.get("facts", 0),
                          "precision": precision(sft_conf, method, training=False),
                          "processes": state.num_processes,
-                         **accuracy_metrics(predictions, n_levels, min_level_facts)}
+                         **cell_metrics(predictions, n_levels, min_level_facts)}
+
+
+def cell_metrics(predictions: list[dict], n_levels: int, min_level_facts: int) -> dict:
+    """Per domain: the accuracies (memqa.accuracy) and the matching artifacts (memqa.artifacts) of the rows."""
+    accuracies = accuracy_metrics(predictions, n_levels, min_level_facts)
+    artifacts = evaluation_artifacts(predictions, n_levels, min_level_facts)
+    return {domain: {**values, **artifacts[domain]} for domain, values in accuracies.items()}

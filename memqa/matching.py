@@ -1,14 +1,21 @@
-"""Judging a completion against gold answers (the probe and evaluation share this)."""
+"""Judging a completion against gold answers, and the synonyms a gold also accepts (the probe and evaluation
+share both)."""
 from __future__ import annotations
 
 import re
 import unicodedata
 from collections.abc import Callable, Sequence
-from functools import lru_cache
+from functools import cache, lru_cache
+from typing import TYPE_CHECKING
 
+import yaml
 from anyascii import anyascii
 
 from memqa.errors import MemqaError
+from memqa.paths import SYNONYM_FILES
+
+if TYPE_CHECKING:
+    from memqa.config import Matching
 
 _NON_WORD = re.compile(r"[\W_]+", re.UNICODE)
 _NON_ASCII = re.compile(r"[^\x00-\x7f]+")
@@ -105,6 +112,30 @@ MATCHERS: dict[str, Callable[[str, Sequence[str]], bool]] = {
     "contains": contains,
     "token_sequence": token_sequence,
 }
+
+
+@cache
+def synonym_table(name: str) -> dict[str, tuple[str, ...]]:
+    """matching.synonyms: gold object -> the forms also accepted for it (`published`: Ye et al. 2025, Table 12,
+    memqa/resources/synonyms-published.yaml; `none`: no table)."""
+    if name == "none":
+        return {}
+    return {key: tuple(forms) for key, forms in yaml.safe_load(SYNONYM_FILES[name].read_text()).items()}
+
+
+def accepted_answers(answers: Sequence[str], table: dict[str, tuple[str, ...]]) -> list[str]:
+    """The gold answers, then the table's forms of each gold that is one of its objects (in order, once each);
+    the first answer stays first (SFT trains on it)."""
+    out = list(dict.fromkeys(answers))
+    for answer in answers:
+        out += [form for form in table.get(answer, ()) if form not in out]
+    return out
+
+
+def with_synonyms(facts: list[dict], conf: Matching) -> list[dict]:
+    """The facts with the answers the probe and evaluation accept: matching.synonyms applied, symmetrically."""
+    table = synonym_table(conf.synonyms)
+    return [{**f, "answers": accepted_answers(f["answers"], table)} for f in facts]
 
 
 def get_matcher(name: str) -> Callable[[str, Sequence[str]], bool]:

@@ -13,6 +13,7 @@ EQ_MANIFEST = RESOURCES / "eq_sha256.json"
 TEMPLATES_FILE = RESOURCES / "probe_templates.yaml"
 PUBLISHED_FILE = RESOURCES / "published-results.yaml"
 THROUGHPUT_FILE = RESOURCES / "throughput.yaml"  # memqa plan's rates per device kind
+SYNONYM_FILES = {"published": RESOURCES / "synonyms-published.yaml"}  # matching.synonyms -> its table
 
 RAW_DIR = Path("data/raw/entityquestions")
 FACTS = Path("data/facts.jsonl")

@@ -9,7 +9,14 @@ from pathlib import Path
 from memqa import paths
 from memqa.accuracy import levels_left_out
 from memqa.config import Params, with_preset
-from memqa.report_sections import figures, interval, memory_levels, published_reference, results_grid
+from memqa.report_sections import (
+    figures,
+    interval,
+    matching_artifacts,
+    memory_levels,
+    published_reference,
+    results_grid,
+)
 from memqa.study import current_cells
 from memqa.verdicts import facts_to_decide
 
@@ -24,9 +31,12 @@ def build_report(params: Params, rows: list[dict], verdicts: list[dict], metrics
     # each model's split metrics (level counts, train/test overlap, short cells), read once
     files = {m: _under(metrics_root, paths.split_metrics(m)) for m in params.models}
     splits = {m: json.loads(path.read_text()) for m, path in files.items() if path.is_file()}
+    bases = {m: json.loads(path.read_text()) for m in params.models
+             if (path := _under(metrics_root, paths.eval_metrics(m, "base"))).is_file()}
     out = [*intro(params), *verdict_table(verdicts), "", *decidability(verdicts, params, splits),
            *what_was_run(params, metrics_root, splits),
            *memory_levels(params, rows, splits, reference, plots_dir, results_dir),
+           *matching_artifacts(splits, bases),
            *results_grid(params, rows, splits), *figures(list(params.models), plots_dir),
            *published_reference(list(params.models), rows, reference)]
     return "\n".join(out) + "\n"

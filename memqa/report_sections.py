@@ -99,6 +99,29 @@ def _short_cells(splits: dict[str, dict]) -> list[str]:
               f"{' (skipped)' if c['skipped'] else ''}" for m, c in cells)]
 
 
+def matching_artifacts(splits: dict[str, dict], bases: dict[str, dict]) -> list[str]:
+    """What containment matching credits that the model may not know (memqa/artifacts.py), per model: facts whose
+    gold sits in the subject, leaks between relations, and for the untrained base model the strict first-line
+    exact match and the headline without the gold-in-subject facts, beside containment's."""
+    out = ["## Matching artifacts", "",
+           "The judge is the paper's: a normalised gold form contained in the completion (with `matching.synonyms`). "
+           "It also credits an echo of a subject that holds the gold, and a gold found across a word boundary.", ""]
+    for model, split in splits.items():
+        found = split.get("matching_artifacts")
+        if found:
+            inside = ", ".join(f"{g} {fmt(100 * s if s is not None else None)}%"
+                               for g, s in found["gold_in_subject"].items())
+            out.append(f"- {model}: gold inside the subject: {inside}; test facts whose subject and answer a train "
+                       f"fact of another relation shares: {found['cross_relation_leaks']}.")
+        for domain, base in sorted((bases.get(model) or {}).items()):
+            if isinstance(base, dict) and "exact_micro" in base:
+                out.append(f"  - untrained base, {domain}: containment micro {fmt(base['micro'])}, first-line exact "
+                           f"match {fmt(base['exact_micro'])}; headline {fmt(base['headline'])}, without the "
+                           f"gold-in-subject facts {fmt(base['headline_without_gold_in_subject'])}; correct answers "
+                           f"crossing a word boundary: {fmt(base['correct_crossing_a_word_boundary'])}.")
+    return out + [""]
+
+
 def results_grid(params: Params, rows: list[dict], splits: dict[str, dict]) -> list[str]:
     """grid.csv as a table (means and intervals), then the training sets smaller than asked."""
     levels = grid_levels(rows)

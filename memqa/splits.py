@@ -5,6 +5,7 @@ import random
 from collections import Counter, defaultdict
 from typing import TYPE_CHECKING
 
+from memqa.artifacts import gold_in_subject, leaks, share
 from memqa.eq import relation_ids
 from memqa.errors import MemqaError
 from memqa.memory import GROUPS
@@ -71,6 +72,15 @@ def _training_sets(conf: Split, train: list[dict]) -> tuple[dict[str, list[dict]
     return train_sets, cells
 
 
+def _artifacts(rows: list[dict], groups: dict[str, list[dict]]) -> dict:
+    """Per probe group, the share of facts with a gold answer inside the subject; per test domain, the test facts
+    whose subject and answer a train fact of another relation shares (memqa.artifacts)."""
+    train = [r for r in rows if r["group"] == "train"]
+    return {"gold_in_subject": {g: share([gold_in_subject(r) for r in rs]) for g, rs in groups.items()},
+            "cross_relation_leaks": {g.removeprefix("test_"): len(leaks(groups[g], train))
+                                     for g in GROUPS if g != "train"}}
+
+
 def build_splits(conf: Split, facts: list[dict], scores: list[dict], n_levels: int,
                  scores_path: str = "scores") -> tuple[dict[str, list[dict]], dict[str, list[dict]], dict]:
     """(training sets by cell name, test sets by group, metrics) from the facts and this model's probe scores."""
@@ -91,6 +101,7 @@ def build_splits(conf: Split, facts: list[dict], scores: list[dict], n_levels: i
                        sum(r["relation"] == rel for r in rows), 4) for rel in relations},
         "train_test_overlap": {"dropped": conf.drop_test_overlap, "facts": len(overlap),
                                "per_relation": dict(sorted(Counter(r["relation"] for r in overlap).items()))},
+        "matching_artifacts": _artifacts(rows, groups),
         "cells_short": sum(c["shortfall"] > 0 for c in cells),
         "cells_skipped": sum(c["skipped"] for c in cells),
         "cells": cells,

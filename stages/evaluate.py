@@ -20,6 +20,7 @@ from memqa.errors import MemqaError
 from memqa.evaluation import drop_scratch_weights, evaluate_cell
 from memqa.facts import read_facts
 from memqa.io import json_text, jsonl_text, write_all
+from memqa.matching import with_synonyms
 from memqa.options import SIZE, model_option, params_option
 
 
@@ -48,8 +49,9 @@ def main(model_name: str, base: bool, level: int | None, size: str | None, seed:
     params = load_params(params_file)
     cell = "base" if base else paths.cell_name(level, size, seed)
     fix = f"rerun `dvc repro split@{model_name}`"
-    facts = [f for domain in DOMAINS  # checked before any model loads
-             for f in read_facts(paths.test_set(model_name, domain), fix, allow_empty=True)]
+    facts = with_synonyms([f for domain in DOMAINS  # checked before any model loads
+                           for f in read_facts(paths.test_set(model_name, domain), fix, allow_empty=True)],
+                          params.matching)
     code = relaunch(sys.argv)  # $MEMQA_ACCELERATE: this command again, under `accelerate launch`
     if code is not None:
         raise SystemExit(code)

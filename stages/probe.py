@@ -21,6 +21,7 @@ from memqa.distributed import is_main_process, relaunch
 from memqa.environment import with_versions
 from memqa.facts import read_facts
 from memqa.io import json_text, jsonl_text, write_all
+from memqa.matching import with_synonyms
 from memqa.options import model_option, params_option
 from memqa.probe import run_probe
 
@@ -46,7 +47,7 @@ def main(model_name: str, params_file: str, facts_path: Path, cache_root: Path) 
     """
     params = load_params(params_file)
     params.model(model_name)  # a model not under `models` is one line, before anything loads
-    facts = read_facts(facts_path)  # checked before any model loads
+    facts = with_synonyms(read_facts(facts_path), params.matching)  # checked before any model loads
     code = relaunch(sys.argv)  # $MEMQA_ACCELERATE: this command again, under `accelerate launch`
     if code is not None:
         raise SystemExit(code)
@@ -57,7 +58,7 @@ def main(model_name: str, params_file: str, facts_path: Path, cache_root: Path) 
     write_all({paths.scores(model_name): jsonl_text(rows),
                paths.probe_metrics(model_name): json_text(with_versions(metrics))})
     click.echo(f"probe {model_name}: {metrics['facts']} facts in {metrics['wall_s']} s; "
-               f"train levels {metrics['level_counts']['train']}")
+               f"train levels {list(metrics['level_counts']['train'].values())}")
 
 
 if __name__ == "__main__":

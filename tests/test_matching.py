@@ -111,3 +111,33 @@ def test_real_entityquestions_answers_with_undecomposable_letters_match_their_as
         assert spelt.isascii(), (answer, spelt)
         assert contains(f"The answer is {spelt}.", [answer]), (answer, spelt)
         assert token_sequence(f"The answer is {spelt}.", [answer]), (answer, spelt)
+
+
+def _usa() -> list[dict]:
+    return [{"fact_id": "P17/test/0", "answers": ["United States of America"], "question": "q"}]
+
+
+def test_published_synonyms_let_a_gold_match_its_other_names_in_probe_and_evaluation_alike():
+    from memqa.config import Matching
+    from memqa.matching import with_synonyms
+
+    published = with_synonyms(_usa(), Matching(synonyms="published"))[0]["answers"]
+    assert contains("It is in the United States.", published) and contains("USA", published)
+    none = with_synonyms(_usa(), Matching(synonyms="none"))[0]["answers"]
+    assert none == ["United States of America"] and not contains("It is in the United States.", none)
+
+
+def test_synonyms_keep_the_gold_first_and_add_each_form_once():
+    from memqa.matching import accepted_answers
+
+    table = {"New York City": ("New York", "New York City")}
+    assert accepted_answers(["New York City", "NYC"], table) == ["New York City", "NYC", "New York"]
+    assert accepted_answers(["Paris"], table) == ["Paris"]
+
+
+def test_the_published_synonym_table_is_read_as_published():
+    from memqa.matching import synonym_table
+
+    table = synonym_table("published")
+    assert len(table) == 29 and table["Saint Petersburg"] == ("Saint Petersburg", "St. Petersburg")
+    assert synonym_table("none") == {}

@@ -183,3 +183,23 @@ def test_plot_survives_a_domain_without_any_headline(tmp_path):
         writer.writerows(rows)
     run_plot(_params(["a"], sets=("plot.dpi=40",)), tmp_path / "plots", path, _scores(tmp_path, ["a"]))
     assert (tmp_path / "plots" / "png" / "acc_vs_size-a.png").stat().st_size > 1000
+
+
+def test_report_states_the_matching_artifacts_of_the_split_and_the_untrained_base(tmp_path):
+    params = _params(["a"])
+    (tmp_path / "a").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "a" / "split.json").write_text(json.dumps({
+        "level_counts": {"train": [5] * 5, "test_id": [5] * 5, "test_ood": [5] * 5},
+        "cells": [], "train_test_overlap": {"dropped": True, "facts": 0, "per_relation": {}},
+        "matching_artifacts": {"gold_in_subject": {"train": 0.1, "test_id": 0.094, "test_ood": 0.0},
+                               "cross_relation_leaks": {"id": 3, "ood": 0}}}))
+    (tmp_path / "eval" / "a").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "eval" / "a" / "base.json").write_text(json.dumps({"id": {
+        "micro": 20.0, "exact_micro": 4.0, "headline": 18.0, "headline_without_gold_in_subject": 12.5,
+        "correct_crossing_a_word_boundary": 0.05}}))
+    text = _report(tmp_path, params)
+    section = text[text.index("## Matching artifacts"):]
+    assert "gold inside the subject: train 10.0%, test_id 9.4%, test_ood 0.0%" in section
+    assert "{'id': 3, 'ood': 0}" in section
+    assert "containment micro 20.0, first-line exact match 4.0; headline 18.0, without the gold-in-subject facts 12.5" \
+        in section

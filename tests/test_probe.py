@@ -161,6 +161,8 @@ def test_probe_fingerprint_ignores_materialisation_time_but_not_params(taught, t
     assert shards.fingerprint(probe(level_bounds=[0.5], crosscheck_facts=3), model_dir, facts, templates) == first
     assert shards.fingerprint(probe(rb_samples=5), model_dir, facts, templates) == first  # rao_blackwell's own
     assert shards.fingerprint(probe(samples=5), model_dir, facts, templates) != first
+    accepted = [["United States of America", "USA"]]  # matching.synonyms changes what the probe counts
+    assert shards.fingerprint(PROBE, model_dir, facts, templates, accepted=accepted) != first
     rb = probe(method="rao_blackwell")
     assert shards.fingerprint(probe(method="rao_blackwell", rb_samples=5), model_dir, facts, templates) != \
         shards.fingerprint(rb, model_dir, facts, templates)

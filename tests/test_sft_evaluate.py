@@ -6,7 +6,7 @@ import yaml
 
 from memqa.accuracy import accuracy_metrics
 from memqa.config import Evaluate, Sft
-from memqa.evaluation import evaluate_cell
+from memqa.evaluation import cell_metrics, evaluate_cell
 from memqa.io import read_jsonl, write_jsonl
 from memqa.prompts import qa_prompt
 from memqa.sft_batches import qa_example
@@ -122,14 +122,14 @@ def test_adapter_methods_train_save_and_reload_for_eval(world, method):
     log = (root / f"sft-{method}" / f"{CELL}.csv").read_text().splitlines()
     assert log[0] == "step,loss,lr" and len(log) == 4
     metrics = _evaluate(root, model_dir, CELL, method, root / f"sft-{method}")
-    assert metrics["id"]["n"] == [8, 0, 0, 0, 12]
+    assert metrics["id"]["n"] == {"L0": 8, "L1": 0, "L2": 0, "L3": 0, "L4": 12}
 
 
 def test_evaluate_metrics_are_recomputable_from_saved_predictions(world):
     root, model_dir, _, _, _ = world
     metrics = _evaluate(root, model_dir, None, "full")
     saved = read_jsonl(root / "eval" / "base-full.jsonl")
-    assert {k: v for k, v in metrics.items() if k in ("id", "ood")} == accuracy_metrics(saved, 5)
+    assert {k: v for k, v in metrics.items() if k in ("id", "ood")} == cell_metrics(saved, 5, 1)
 
 
 def test_headline_is_the_unweighted_mean_of_level_accuracies():

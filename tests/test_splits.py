@@ -47,6 +47,19 @@ def test_number_of_levels_follows_the_bounds():
     assert level_counts(rows, n_levels)["train"] == [0, 0, 0, 1]
     preds = [{"domain": "id", "level": 3, "correct": True}, {"domain": "id", "level": 0, "correct": False}]
     metrics = accuracy_metrics(preds, n_levels)["id"]
-    assert metrics["n"] == [1, 0, 0, 1] and metrics["L3"] == 100.0 and "L4" not in metrics
+    assert metrics["n"] == {"L0": 1, "L1": 0, "L2": 0, "L3": 1} and metrics["L3"] == 100.0 and "L4" not in metrics
     facts, scores = _world()
     assert len(build_splits(SPLIT, facts, scores, n_levels)[2]["level_counts"]["train"]) == 4
+
+
+def test_level_counts_in_probe_and_evaluation_metrics_are_scalars_dvc_can_show():
+    from memqa.probe.run import probe_metrics
+
+    conf = _probe([0.25, 0.5, 0.75])
+    rows = [{"group": "train", "level": 1, "score": 0.1, "relation": "P17"},
+            {"group": "test_id", "level": 0, "score": 0.0, "relation": "P17"}]
+    counts = probe_metrics(rows, conf, 1, 0, 1)["level_counts"]
+    assert counts["train"] == {"L0": 0, "L1": 1, "L2": 0, "L3": 0, "L4": 0}
+    preds = [{"domain": "id", "level": 1, "correct": True}]
+    n = accuracy_metrics(preds, conf.n_levels)["id"]["n"]
+    assert n == {"L0": 0, "L1": 1, "L2": 0, "L3": 0, "L4": 0}

@@ -46,7 +46,9 @@ def probe_metrics(rows: list[dict], conf: Probe, shards: int, reused: int, proce
         "shards": shards,
         "shards_reused": reused,
         "processes": processes,
-        "level_counts": level_counts(rows, conf.n_levels),
+        # per level a scalar ({L0: ..}): `dvc metrics show` and `dvc exp show` drop lists
+        "level_counts": {group: {f"L{lv}": n for lv, n in enumerate(counts)}
+                         for group, counts in level_counts(rows, conf.n_levels).items()},
         "mean_score": {g: round(sum(r["score"] for r in rows if r["group"] == g) /
                                 max(1, sum(r["group"] == g for r in rows)), 4) for g in GROUPS},
         "relations_probed": dict(sorted(Counter(r["relation"] for r in rows).items())),
@@ -69,7 +71,8 @@ def run_probe(model_name: str, conf: Probe, facts: list[dict], model_dir: Path, 
     started = time.time()
     state = process_state()  # under `accelerate launch`: this process's share of the shards, on its own device
     model, tokenizer = load_model(model_dir, conf.dtype, on=state.device)
-    key = fingerprint(conf, model_dir, facts_path, templates_path, memo=cache_root / model_name / WEIGHTS_MEMO)
+    key = fingerprint(conf, model_dir, facts_path, templates_path, memo=cache_root / model_name / WEIGHTS_MEMO,
+                      accepted=[f["answers"] for f in facts])
     shard_dir = cache_root / model_name / key
     rows, reused = probe_sharded(model, tokenizer, facts, conf, shard_dir / conf.method, desc=f"probe {model_name}")
     add_levels(rows, conf)

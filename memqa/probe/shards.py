@@ -59,8 +59,10 @@ def _read_memo(memo: Path | None, model_dir: Path) -> dict[str, str]:
     return data["files"] if ok and isinstance(data.get("files"), dict) else {}
 
 
-def fingerprint(conf: Probe, model_dir: Path, facts_path: Path, templates_path: Path, memo: Path | None = None) -> str:
-    """Identifies everything that determines a shard's scores: params, weights, facts, templates and code.
+def fingerprint(conf: Probe, model_dir: Path, facts_path: Path, templates_path: Path, memo: Path | None = None,
+                accepted: list[list[str]] = ()) -> str:
+    """Identifies everything that determines a shard's scores: params, weights, facts, templates and code, and the
+    answers the matcher accepts per fact (accepted: the gold answers with matching.synonyms applied).
 
     Shards of another fingerprint are never mixed in. The weights enter through the digest of the weight files
     (weights_digest; memo: where it remembers them), so a model folder retrained in place gets a new key.
@@ -72,7 +74,8 @@ def fingerprint(conf: Probe, model_dir: Path, facts_path: Path, templates_path: 
                 relevant.pop(key, None)
     if conf.temperature == 0:
         relevant.pop("batch_size", None)  # greedy results do not depend on it
-    digest = hashlib.sha256(json.dumps([relevant, weights_digest(model_dir, memo)], sort_keys=True).encode())
+    digest = hashlib.sha256(json.dumps([relevant, weights_digest(model_dir, memo), list(accepted)],
+                                       sort_keys=True).encode())
     for path in (model_dir / "config.json", facts_path, templates_path, *SCORING_CODE):
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
