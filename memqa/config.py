@@ -150,6 +150,8 @@ class Sft(Section):
     compute_dtype: Literal["auto", "bfloat16", "float32", "float16"] = "auto"
     deterministic: bool = True  # torch deterministic algorithms: identical reruns on one machine
     keep_weights: bool = False  # full fine-tuning: keep each cell's weights (False: evaluate, then delete them)
+    space_before_eos: bool = True  # train on ' A ' + EOS, as Ye et al. 2025's template (App. A); False: ' A' + EOS
+    max_grad_norm: Annotated[Float, Field(gt=0)] | None = 1.0  # gradient clipping (HF Trainer's default); None: off
 
 
 class Evaluate(Section):

@@ -12,12 +12,15 @@ from memqa.errors import MemqaError
 from memqa.prompts import qa_prompt
 
 
-def qa_example(tokenizer, question: str, answer: str, max_length: int) -> dict[str, list[int]]:
-    """`<|question|> Q <|answer|>` + ` A` + EOS; labels are -100 on the prompt, so loss is on the answer."""
+def qa_example(tokenizer, question: str, answer: str, max_length: int,
+               space_before_eos: bool = False) -> dict[str, list[int]]:
+    """`<|question|> Q <|answer|>` + ` A` (+ ` ` with space_before_eos, the template of Ye et al. 2025, App. A) +
+    EOS; labels are -100 on the prompt, so loss is on the answer."""
     prompt = tokenizer(qa_prompt(question))["input_ids"]
-    whole = tokenizer(qa_prompt(question) + " " + answer)["input_ids"]
+    target = " " + answer + (" " if space_before_eos else "")
+    whole = tokenizer(qa_prompt(question) + target)["input_ids"]
     if whole[:len(prompt)] != prompt:
-        whole = prompt + tokenizer(" " + answer, add_special_tokens=False)["input_ids"]
+        whole = prompt + tokenizer(target, add_special_tokens=False)["input_ids"]
     ids = (whole + [tokenizer.eos_token_id])[:max_length]
     labels = [-100] * len(prompt) + ids[len(prompt):]
     return {"input_ids": ids, "labels": labels[:len(ids)]}

@@ -93,6 +93,7 @@ class Run:
     grad_accum: int
     sharded: bool  # FSDP: full fine-tuning, parameters sharded over processes
     answer_positions_only: bool
+    max_grad_norm: float | None  # clip the global gradient norm to this before each step (None: no clipping)
 
 
 def _accelerator(conf: Sft):
@@ -120,7 +121,8 @@ def setup(model, tokenizer, facts: list[dict], conf: Sft, seed: int) -> tuple[Ru
     accelerator, sharded = _accelerator(conf)
     processes = accelerator.num_processes
     per_device = per_device_batch(conf.batch_size, processes, conf.grad_accum)
-    examples = [qa_example(tokenizer, f["question"], f["answers"][0], conf.max_length) for f in facts]
+    examples = [qa_example(tokenizer, f["question"], f["answers"][0], conf.max_length, conf.space_before_eos)
+                for f in facts]
     blank = {"input_ids": [tokenizer.pad_token_id], "labels": [-100]}
     sampler = EpochSampler(len(examples), per_device * processes if processes > 1 else 1, seed)
     loader = torch.utils.data.DataLoader(examples + [blank], batch_size=per_device, sampler=sampler,
@@ -141,7 +143,9 @@ def setup(model, tokenizer, facts: list[dict], conf: Sft, seed: int) -> tuple[Ru
             "per_device_batch": per_device, "grad_accum": conf.grad_accum,
             "dtype": str(compute_dtype(conf)).removeprefix("torch."),
             "precision": precision(conf, conf.method, training=True), "trainable_parameters": n_trainable}
-    return Run(accelerator, model, optimizer, scheduler, loader, conf.grad_accum, sharded, answer_positions_only), info
+    run = Run(accelerator, model, optimizer, scheduler, loader, conf.grad_accum, sharded, answer_positions_only,
+              conf.max_grad_norm)
+    return run, info
 
 
 def train_step(run: Run, group: list[dict]) -> tuple[float, float, torch.Tensor]:
@@ -164,6 +168,8 @@ def train_step(run: Run, group: list[dict]) -> tuple[float, float, torch.Tensor]
             accelerator.backward(loss * scale)
         step_loss += loss.detach()
         tokens += batch["attention_mask"][(batch["labels"] != -100).any(1)].sum().cpu()
+    if run.max_grad_norm is not None:  # accelerate clips the whole gradient, sharded (FSDP) or not
+        accelerator.clip_grad_norm_(run.model.parameters(), run.max_grad_norm)
     run.optimizer.step()
     applied = run.scheduler.get_last_lr()[0]
     run.scheduler.step()

@@ -28,7 +28,8 @@ HELPER = REPO / "tests" / "distributed_sft.py"
 CELL = "L4-n14-s0"
 SFT = Sft.model_validate({"method": "full", "lr": 1e-3, "lr_full": 3e-3, "epochs": 2, "batch_size": 8, "grad_accum": 1,
        "warmup_ratio": 0.25, "weight_decay": 0.0, "max_length": 48, "lora_r": 8, "lora_alpha": 16,
-       "lora_dropout": 0.0, "compute_dtype": "float32", "deterministic": True, "keep_weights": True})
+       "lora_dropout": 0.0, "compute_dtype": "float32", "deterministic": True, "keep_weights": True,
+                         "space_before_eos": False, "max_grad_norm": None})
 ARGS = ["--model", "tiny", "--level", "4", "--size", "14", "--seed", "0"]
 
 

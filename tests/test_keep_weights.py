@@ -17,7 +17,8 @@ from tests import tiny
 REPO = Path(__file__).resolve().parents[1]
 SFT = Sft.model_validate({"method": "full", "lr": 1e-3, "lr_full": 3e-3, "epochs": 1, "batch_size": 4, "grad_accum": 1,
        "warmup_ratio": 0.0, "weight_decay": 0.0, "max_length": 48, "lora_r": 4, "lora_alpha": 8,
-       "lora_dropout": 0.0, "compute_dtype": "float32", "deterministic": True, "keep_weights": False})
+       "lora_dropout": 0.0, "compute_dtype": "float32", "deterministic": True, "keep_weights": False,
+                         "space_before_eos": False, "max_grad_norm": None})
 EVAL = Evaluate.model_validate({"max_new_tokens": 4, "batch_size": 8, "matcher": "contains"})
 CELL = "L4-n8-s0"
 

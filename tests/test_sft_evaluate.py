@@ -15,7 +15,8 @@ from tests import tiny
 
 SFT = Sft(method="full", lr=1e-2, lr_full=3e-3, epochs=10, batch_size=4, grad_accum=1, warmup_ratio=0.0,
           weight_decay=0.0, max_length=48, lora_r=8, lora_alpha=16, lora_dropout=0.0, compute_dtype="float32",
-          deterministic=True, keep_weights=True)
+          deterministic=True, keep_weights=True, space_before_eos=False,
+          max_grad_norm=None)  # the recipe benchmarks/training_margins.py measured
 CELL = "L4-n12-s0"
 EVAL = Evaluate.model_validate({"max_new_tokens": 6, "batch_size": 8, "matcher": "contains"})
 
@@ -217,3 +218,38 @@ def test_loss_from_answer_positions_only_equals_the_full_logits_loss(world):
 
 # Every assertion above on what training learned, for benchmarks/training_margins.py (fixture: build(root, seed)).
 MARGINS = [sft_answers_its_facts]
+
+
+def test_the_papers_template_puts_a_space_between_the_answer_and_eos(world):
+    from memqa.models import load_tokenizer
+
+    root, model_dir, _, _, _ = world
+    tokenizer = load_tokenizer(model_dir)
+    fact = read_jsonl(root / "splits" / "tiny" / "train-L4-n12-s0.jsonl")[0]
+    plain = qa_example(tokenizer, fact["question"], fact["answers"][0], 64)
+    spaced = qa_example(tokenizer, fact["question"], fact["answers"][0], 64, space_before_eos=True)
+    answer = [t for t in spaced["labels"] if t != -100]
+    assert answer[-1] == tokenizer.eos_token_id and len(spaced["labels"]) > len(plain["labels"])
+    assert tokenizer.decode(answer[:-1]) == " " + fact["answers"][0] + " "
+
+
+def test_sft_clips_the_gradient_norm_to_max_grad_norm_before_every_step(world, monkeypatch):
+    import torch
+    from accelerate import Accelerator
+
+    root, model_dir, _, _, _ = world
+    norms = []
+    clip = Accelerator.clip_grad_norm_
+
+    def recorded(self, parameters, max_norm, *args, **kwargs):
+        parameters = list(parameters)
+        clip(self, parameters, max_norm, *args, **kwargs)
+        norms.append((max_norm, float(torch.linalg.vector_norm(
+            torch.stack([p.grad.norm() for p in parameters if p.grad is not None])))))
+
+    monkeypatch.setattr(Accelerator, "clip_grad_norm_", recorded)
+    info = _sft(root, model_dir, SFT.model_copy(update={"epochs": 1, "max_grad_norm": 0.5}), root / "clipped")
+    assert len(norms) == info["steps"] > 0 and all(m == 0.5 and n <= 0.5 + 1e-5 for m, n in norms)
+    norms.clear()
+    _sft(root, model_dir, SFT.model_copy(update={"epochs": 1}), root / "unclipped")  # max_grad_norm None
+    assert norms == []
