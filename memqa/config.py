@@ -36,6 +36,7 @@ PROBE_METHOD = Literal["sample", "likelihood", "greedy_containment", "rao_blackw
 SFT_METHOD = Literal["qlora", "lora", "full"]
 SHORT_POOL = Literal["use", "skip"]
 SYNONYMS = Literal["published", "none"]
+TEMPLATE_SET = Literal["published", "authored"]
 _UNION_TAG = re.compile(r"constrained-\w+|literal\[.*\]|function-\w+\[.*\]|int|float|str|bool|none|\[key\]")
 _FLOAT_TEXT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 # A model name becomes a folder (data/models/<name>) and a word of a DVC command: letters, digits, '.', '_', '-'
@@ -105,6 +106,9 @@ class Probe(Section):
     crosscheck_facts: Annotated[int, Field(ge=0)] = 0
     rb_samples: Count = 2  # rao_blackwell: samples per template (each gives an unbiased estimate)
     rb_max_new_tokens: Count | None = None  # rao_blackwell: decode samples only this far (None: max_new_tokens)
+    # published: the paper's templates where recovered, memqa's own for the rest (params.yaml's choice);
+    # authored: memqa's own (what a params file without the key, and the tests' tiny models, use)
+    template_set: TEMPLATE_SET = "authored"
 
     @property
     def n_levels(self) -> int:

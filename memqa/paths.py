@@ -10,7 +10,8 @@ from pathlib import Path
 RESOURCES = Path(__file__).parent / "resources"
 RELATIONS_FILE = RESOURCES / "relations.yaml"
 EQ_MANIFEST = RESOURCES / "eq_sha256.json"
-TEMPLATES_FILE = RESOURCES / "probe_templates.yaml"
+TEMPLATES_FILE = RESOURCES / "probe_templates.yaml"  # memqa's own 21 per relation (probe.template_set: authored)
+PUBLISHED_TEMPLATES_FILE = RESOURCES / "probe_templates_published.yaml"  # Ye et al. 2025's, 401 of 504 recovered
 PUBLISHED_FILE = RESOURCES / "published-results.yaml"
 THROUGHPUT_FILE = RESOURCES / "throughput.yaml"  # memqa plan's rates per device kind
 SYNONYM_FILES = {"published": RESOURCES / "synonyms-published.yaml"}  # matching.synonyms -> its table

@@ -239,3 +239,27 @@ def test_the_estimator_registry_holds_exactly_the_methods_params_allow():
 
 # Every assertion above on what training learned, for benchmarks/training_margins.py (fixture: build(root, seed)).
 MARGINS = [probe_scores_follow_teaching, greedy_labels_ignore_batch_size]
+
+
+def test_the_published_template_set_takes_the_papers_templates_first_then_memqas_own():
+    from memqa.prompts import published_count, templates_for
+
+    published = templates_for("P17", 21, "published")
+    authored = templates_for("P17", 21, "authored")
+    assert published[0] == "{subject} is located in" and published_count("P17", 21) == 12
+    assert published[12:] == [t for t in authored if t not in published[:12]][:9] and len(set(published)) == 21
+    assert templates_for("P136", 21, "published") == templates_for("P136", None, "published")[:21]
+    assert published_count("P136", 21) == 21 and published_count("P17", 5) == 5
+
+
+def test_every_score_row_says_how_many_of_its_templates_are_the_papers(taught):
+    from memqa.models import load_model
+    from memqa.prompts import published_count
+
+    path, often, *_ = taught
+    model, tokenizer = load_model(path, "float32")
+    mine = published_count(often[0]["relation"], 21)
+    rows = score_facts(model, tokenizer, often[:1], probe(template_set="published"), "likelihood", 0)
+    assert 0 < mine < 21 and rows[0]["templates"] == {"published": mine, "authored": 21 - mine}
+    rows = score_facts(model, tokenizer, often[:1], probe(), "likelihood", 0)
+    assert rows[0]["templates"] == {"published": 0, "authored": 21}

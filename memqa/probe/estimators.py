@@ -17,7 +17,7 @@ from memqa.matching import get_matcher
 from memqa.memory import probe_group
 from memqa.probe.containment import greedy_containment, rao_blackwell
 from memqa.probe.tracing import answer_variants, stop_at_answer
-from memqa.prompts import fill, templates_for
+from memqa.prompts import fill, published_count, templates_for
 
 # rao_blackwell draws from streams of its own: under one seed its samples are independent of `sample`'s.
 RB_STREAM = 0x52424C << 32
@@ -30,9 +30,9 @@ class Prompts:
     texts: list[str]
 
     @classmethod
-    def of(cls, facts: list[dict], templates: int) -> Prompts:
-        return cls(facts, [fill(t, fact["subject"]) for fact in facts for t in templates_for(fact["relation"],
-                                                                                               templates)])
+    def of(cls, facts: list[dict], templates: int, template_set: str) -> Prompts:
+        return cls(facts, [fill(t, fact["subject"]) for fact in facts
+                           for t in templates_for(fact["relation"], templates, template_set)])
 
     @property
     def per_fact(self) -> int:
@@ -163,6 +163,13 @@ def score_facts(model, tokenizer, facts: list[dict], conf: Probe, method: str, s
     Completions stop at an answer only where decoding a prefix of the tokens gives a prefix of the text
     (byte-level BPE and SentencePiece decoders do); a tokenizer that cleans up spaces decodes to full length.
     """
-    rows = estimator(method).score(model, tokenizer, Prompts.of(facts, conf.templates), conf, seed)
+    rows = estimator(method).score(model, tokenizer, Prompts.of(facts, conf.templates, conf.template_set), conf, seed)
     return [{"fact_id": fact["fact_id"], "group": probe_group(fact), "relation": fact["relation"],
-             "subject": fact["subject"], "method": method, **row} for fact, row in zip(facts, rows, strict=True)]
+             "subject": fact["subject"], "method": method, "templates": _templates_used(fact, conf), **row}
+            for fact, row in zip(facts, rows, strict=True)]
+
+
+def _templates_used(fact: dict, conf: Probe) -> dict[str, int]:
+    """How many of the fact's templates are the paper's (published) and how many memqa's own."""
+    published = published_count(fact["relation"], conf.templates) if conf.template_set == "published" else 0
+    return {"published": published, "authored": conf.templates - published}

@@ -15,6 +15,7 @@ from memqa.errors import MemqaError
 from memqa.io import read_jsonl, sha256_of, write_jsonl
 from memqa.memory import GROUPS, probe_group
 from memqa.model_files import weight_files
+from memqa.paths import PUBLISHED_TEMPLATES_FILE
 from memqa.probe import estimators
 
 _MEMQA = Path(__file__).resolve().parents[1]
@@ -76,7 +77,7 @@ def fingerprint(conf: Probe, model_dir: Path, facts_path: Path, templates_path: 
         relevant.pop("batch_size", None)  # greedy results do not depend on it
     digest = hashlib.sha256(json.dumps([relevant, weights_digest(model_dir, memo), list(accepted)],
                                        sort_keys=True).encode())
-    for path in (model_dir / "config.json", facts_path, templates_path, *SCORING_CODE):
+    for path in (model_dir / "config.json", facts_path, templates_path, PUBLISHED_TEMPLATES_FILE, *SCORING_CODE):
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
 
