@@ -24,7 +24,8 @@ def make_project(tmp_path: Path, params_update: dict) -> Path:
     project.mkdir()
     for name in ("dvc.yaml", "params.yaml"):
         shutil.copy(REPO / name, project / name)
-    for folder in ("stages", "memqa", "benchmarks/results"):  # benchmarks/results: the report stage quotes it
+    # benchmarks/results: the report stage quotes it; presets: it diffs the params against presets/paper.args
+    for folder in ("stages", "memqa", "benchmarks/results", "presets"):
         shutil.copytree(REPO / folder, project / folder, ignore=shutil.ignore_patterns("__pycache__"))
     params = yaml.safe_load((project / "params.yaml").read_text())
     for key, value in params_update.items():
