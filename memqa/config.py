@@ -34,6 +34,7 @@ DTYPE = Literal["bfloat16", "float32", "float16"]
 MATCHER = Literal["contains", "token_sequence"]
 PROBE_METHOD = Literal["sample", "likelihood", "greedy_containment", "rao_blackwell"]
 SFT_METHOD = Literal["qlora", "lora", "full"]
+RELATION_MIX = Literal["matched", "balanced"]  # balanced: each level's own pool, as even over relations as it allows
 SHORT_POOL = Literal["use", "skip"]
 SYNONYMS = Literal["published", "none"]
 TEMPLATE_SET = Literal["published", "authored"]
@@ -136,6 +137,7 @@ class Split(Section):
     seeds: list[int] = Field(min_length=1)
     short_pool: SHORT_POOL = "use"
     drop_test_overlap: bool = True  # a training set never holds a question that is also a test question
+    relation_mix: RELATION_MIX = "matched"  # matched: every level's sets follow the scarcest level's relation mix
 
 
 class Sft(Section):

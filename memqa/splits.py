@@ -50,25 +50,72 @@ def _drop_test_questions(conf: Split, groups: dict[str, list[dict]]) -> list[dic
     return overlap
 
 
+def _ordered(relations) -> list[str]:
+    return sorted(relations, key=lambda r: (relation_ids().index(r) if r in relation_ids() else 99, r))
+
+
+def relation_quota(pools: list[Counter], n: int | None) -> dict[str, int]:
+    """Facts per relation for a training set of n: as even over relations as the caps allow (round-robin in the
+    relation order), each relation capped by the scarcest of the pools in it; n None takes every cap."""
+    caps = {r: min(p.get(r, 0) for p in pools) for r in _ordered(set().union(*pools))}
+    if n is None:
+        return caps
+    quota, left = dict.fromkeys(caps, 0), n
+    while left > 0 and any(quota[r] < caps[r] for r in caps):
+        for r in caps:
+            if left and quota[r] < caps[r]:
+                quota[r], left = quota[r] + 1, left - 1
+    return quota
+
+
+def seed_draw(pool: list[dict], quota: dict[str, int], block: int, shuffle_seed: int, seed: int) -> list[dict]:
+    """The training set of the block-th seed: per relation, the block-th run of quota[r] facts of the relation's
+    pool in one fixed shuffled order (wrapping round), so seeds share facts only where the pool is too small."""
+    by_relation: dict[str, list[dict]] = defaultdict(list)
+    for fact in pool:
+        by_relation[fact["relation"]].append(fact)
+    chosen = []
+    for relation, k in quota.items():
+        rows = by_relation[relation]
+        random.Random(f"{shuffle_seed}-{relation}").shuffle(rows)
+        chosen += [rows[(block * k + j) % len(rows)] for j in range(k)] if rows else []
+    random.Random(seed).shuffle(chosen)  # SFT batches mix relations
+    return chosen
+
+
+def _overlaps(train_sets: dict[str, list[dict]], cells: list[dict]) -> None:
+    """Each cell's largest count of facts shared with another seed's set of the same level and size."""
+    ids = {c["name"]: {r["fact_id"] for r in train_sets[c["name"]]} for c in cells}
+    for c in cells:
+        peers = [o for o in cells if (o["level"], o["size"]) == (c["level"], c["size"]) and o is not c]
+        c["shared_with_other_seeds"] = max((len(ids[c["name"]] & ids[o["name"]]) for o in peers), default=0)
+    for c in cells:
+        del c["name"]
+
+
 def _training_sets(conf: Split, train: list[dict]) -> tuple[dict[str, list[dict]], list[dict]]:
-    """(training set by cell name, what each cell got) for every level x size x seed of conf."""
+    """(training set by cell name, what each cell got) for every level x size x seed of conf. With relation_mix
+    matched, every level's sets of one size follow one relation mix: the scarcest level's (relation_quota)."""
+    pools = {lv: [r for r in train if r["level"] == lv] for lv in conf.levels}
+    counts = {lv: Counter(r["relation"] for r in pool) for lv, pool in pools.items()}
     train_sets, cells = {}, []
     for level in conf.levels:
-        pool = [r for r in train if r["level"] == level]
+        pool = pools[level]
+        compared = list(counts.values()) if conf.relation_mix == "matched" else [counts[level]]
         for size in conf.sizes:
-            for seed in conf.seeds:
-                wanted = None if size_label(size) == "all" else int(size)
-                short = wanted is not None and len(pool) < wanted
-                skipped = (short and conf.short_pool == "skip") or not pool
-                chosen = [] if skipped else balanced_sample(pool, wanted, seed)
-                train_sets[cell_name(level, size, seed)] = chosen
-                per_relation = defaultdict(int)
-                for r in chosen:
-                    per_relation[r["relation"]] += 1
-                cells.append({"level": level, "size": size_label(size), "seed": seed, "pool": len(pool),
-                              "requested": wanted if wanted is not None else len(pool), "actual": len(chosen),
-                              "shortfall": max(0, (wanted or 0) - len(chosen)), "skipped": skipped,
-                              "per_relation": dict(per_relation)})
+            wanted = None if size_label(size) == "all" else int(size)
+            quota = relation_quota(compared, wanted)
+            short = wanted is not None and sum(quota.values()) < wanted
+            for block, seed in enumerate(conf.seeds):
+                skipped = (short and conf.short_pool == "skip") or not pool or not sum(quota.values())
+                chosen = [] if skipped else seed_draw(pool, quota, block, conf.seeds[0], seed)
+                name = cell_name(level, size, seed)
+                train_sets[name] = chosen
+                cells.append({"name": name, "level": level, "size": size_label(size), "seed": seed,
+                              "pool": len(pool), "requested": wanted if wanted is not None else len(pool),
+                              "actual": len(chosen), "shortfall": max(0, (wanted or 0) - len(chosen)),
+                              "skipped": skipped, "per_relation": dict(Counter(r["relation"] for r in chosen))})
+    _overlaps(train_sets, cells)
     return train_sets, cells
 
 
@@ -102,7 +149,9 @@ def build_splits(conf: Split, facts: list[dict], scores: list[dict], n_levels: i
         "train_test_overlap": {"dropped": conf.drop_test_overlap, "facts": len(overlap),
                                "per_relation": dict(sorted(Counter(r["relation"] for r in overlap).items()))},
         "matching_artifacts": _artifacts(rows, groups),
+        "relation_mix": conf.relation_mix,
         "cells_short": sum(c["shortfall"] > 0 for c in cells),
+        "max_shared_between_seeds": max((c["shared_with_other_seeds"] for c in cells), default=0),
         "cells_skipped": sum(c["skipped"] for c in cells),
         "cells": cells,
     }

@@ -11,6 +11,7 @@ import numpy as np
 
 from memqa import paths
 from memqa.accuracy import DOMAINS
+from memqa.artifacts import gold_in_subject
 from memqa.config import Params, Split
 from memqa.errors import MemqaError
 from memqa.io import read_jsonl
@@ -29,11 +30,38 @@ class Study:
     train_relations: dict[int, set[str]] = field(default_factory=dict)  # train level -> relations it trained on
     base: np.ndarray | None = None  # the untrained model's correctness [1 x facts]
     train_facts: dict[tuple[str, str], list[float]] = field(default_factory=dict)  # (level or base, size) -> per seed
+    seeds: dict[tuple[int, str], list[int]] = field(default_factory=dict)  # (level, size) -> each row's seed
+    fact_ids: np.ndarray | None = None  # per test fact
+    echo: np.ndarray | None = None  # per test fact: a gold form sits inside the subject (memqa.artifacts)
+
+    def seeds_of(self, key: tuple[int, str]) -> list[int]:
+        """The seed of each row of a cell group (0, 1, ... where the study was built without them)."""
+        return self.seeds.get(key, list(range(self.cells[key].shape[0])))
+
+    def arm(self, train_level: int, sizes: list[str] | None = None) -> dict[int, np.ndarray]:
+        """seed -> correctness over the test facts, the mean over the training level's sizes (all, or `sizes`)
+        run at that seed: the unit the verdicts pair on (a seed's cells share training randomness)."""
+        rows: dict[int, list[np.ndarray]] = {}
+        for (level, size), matrix in sorted(self.cells.items()):
+            if level == train_level and (sizes is None or size in sizes):
+                for seed, row in zip(self.seeds_of((level, size)), matrix, strict=True):
+                    rows.setdefault(seed, []).append(row)
+        return {seed: np.mean(r, axis=0) for seed, r in sorted(rows.items())}
 
     def pooled(self, train_level: int) -> np.ndarray | None:
         """Every size and seed of a training level, stacked: the level's aggregate."""
         rows = [m for (level, _), m in sorted(self.cells.items()) if level == train_level]
         return np.vstack(rows) if rows else None
+
+    def subset(self, mask: np.ndarray) -> Study:
+        """The same study on the test facts the mask keeps."""
+        def pick(values: np.ndarray | None) -> np.ndarray | None:
+            return None if values is None else values[mask]
+
+        return Study(self.model, self.domain, self.levels[mask], self.relations[mask], self.n_levels,
+                     {k: m[:, mask] for k, m in self.cells.items()}, self.train_relations,
+                     None if self.base is None else self.base[:, mask], self.train_facts, self.seeds,
+                     pick(self.fact_ids), pick(self.echo))
 
     def train_levels(self) -> list[int]:
         return sorted({level for level, _ in self.cells})
@@ -97,14 +125,24 @@ def _correctness(cell: dict, order: dict[str, int]) -> np.ndarray:
     return row
 
 
+def _echo(facts: list[dict]) -> np.ndarray | None:
+    """Per test fact, whether a gold form sits in the subject (None for predictions that do not name both)."""
+    if not all("subject" in p and "gold" in p for p in facts):
+        return None
+    return np.array([gold_in_subject({**p, "answers": p["gold"]}) for p in facts], dtype=bool)
+
+
 def _study(model: str, domain: str, facts: list[dict], mine: list[dict], n_levels: int,
            train_relations: dict[int, set[str]]) -> Study:
     order = {p["fact_id"]: i for i, p in enumerate(facts)}
     study = Study(model, domain, np.array([p["level"] for p in facts]), np.array([p["relation"] for p in facts]),
-                  n_levels, train_relations=train_relations)
+                  n_levels, train_relations=train_relations, fact_ids=np.array([p["fact_id"] for p in facts]),
+                  echo=_echo(facts))
     groups: dict[tuple[str, str], list[np.ndarray]] = {}
     for cell in mine:
         groups.setdefault((cell["train_level"], cell["size"]), []).append(_correctness(cell, order))
+        if cell["train_level"] != "base":
+            study.seeds.setdefault((int(cell["train_level"]), cell["size"]), []).append(int(cell["seed"]))
         study.train_facts.setdefault((cell["train_level"], cell["size"]), []).append(
             cell["metrics"].get("train_facts", 0))
     study.cells = {(int(level), size): np.vstack(rows) for (level, size), rows in groups.items() if level != "base"}

@@ -1,5 +1,6 @@
 """The study model (exactly the current cells, read once) and the grid rows made from it; the summarize stage end
 to end on a small synthetic project (report.bootstrap_replicates reaches the grid and the verdicts)."""
+import csv
 import json
 import random
 from pathlib import Path
@@ -100,15 +101,26 @@ def _project(root, replicates: int) -> None:
             write_jsonl(root / paths.train_set("m", cell["cell"]), [{"relation": "P36"}] * 4)
 
 
-def test_summarize_bootstraps_the_verdicts_with_report_bootstrap_replicates(tmp_path, monkeypatch):
-    """The old stage bootstrapped every verdict with 2,000 replicates whatever the params said."""
+def test_summarize_bootstraps_the_grid_with_report_bootstrap_replicates(tmp_path, monkeypatch):
+    """The old stage bootstrapped with 2,000 replicates whatever the params said (the verdicts now use t
+    intervals, memqa.inference; the grid's per-cell intervals are still bootstrapped)."""
     monkeypatch.chdir(tmp_path)
-    effects = {}
+    intervals = {}
     for replicates in (100, 400):
         _project(tmp_path, replicates)
         result = CliRunner().invoke(summarize, ["--params", PARAMS_FILE])
         assert result.exit_code == 0, result.output
-        effects[replicates] = [v["effect"] for v in read_json(paths.VERDICTS) if v["effect"]]
-    assert len(effects[100]) >= 3
-    assert [e["value"] for e in effects[100]] == [e["value"] for e in effects[400]]  # same point estimates
-    assert [(e["low"], e["high"]) for e in effects[100]] != [(e["low"], e["high"]) for e in effects[400]]
+        rows = list(csv.DictReader(paths.GRID.open()))
+        intervals[replicates] = [(r["headline"], r["headline_low"], r["headline_high"]) for r in rows]
+    assert len(intervals[100]) >= 3
+    assert [i[0] for i in intervals[100]] == [i[0] for i in intervals[400]]  # same point estimates
+    assert [i[1:] for i in intervals[100]] != [i[1:] for i in intervals[400]]
+
+
+def test_summarize_writes_holm_adjusted_verdicts(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _project(tmp_path, 100)
+    assert CliRunner().invoke(summarize, ["--params", PARAMS_FILE]).exit_code == 0
+    rows = read_json(paths.VERDICTS)
+    tested = [v for v in rows if v["in_family"]]
+    assert tested and all(v["p_holm"] >= v["effect"]["p"] for v in tested)

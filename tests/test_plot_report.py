@@ -14,7 +14,6 @@ from memqa.overrides import preset_overrides
 from memqa.plots import run_plot
 from memqa.report import build_report
 from memqa.stats import cohen_kappa
-from memqa.verdicts import facts_to_decide
 
 COLUMNS = columns(5)
 REPO = Path(__file__).resolve().parents[1]
@@ -85,8 +84,9 @@ def test_plot_cross_model_agreement_is_cohen_kappa_over_the_facts_both_models_sc
 
 
 VERDICTS = [{"claim": "60 points suffice", "model": "a", "domain": "id", "statistic": "headline(60) - headline(240)",
-             "verdict": "reproduced", "effect": {"value": -1.0, "low": -3.5, "high": 1.2, "facts": 150, "seeds": 3},
-             "restricted_to_shared_relations": None, "note": ""}]
+             "verdict": "reproduced", "verdict_holm": "reproduced", "p_holm": 0.02, "threshold": -5.0,
+             "effect": {"value": -1.0, "low": -3.5, "high": 1.2, "facts": 150, "seeds": 3, "p": 0.01},
+             "sensitivity": None, "note": ""}]
 
 
 def _report(tmp_path, params: Params, verdicts=VERDICTS) -> str:
@@ -98,7 +98,8 @@ def _report(tmp_path, params: Params, verdicts=VERDICTS) -> str:
 def test_report_opens_with_verdicts_and_shows_the_grid_and_published_numbers(tmp_path, model_count):
     text = _report(tmp_path, _params(["a", "b"][:model_count]))
     assert text.index("## Verdicts") < text.index("## What was run")
-    assert "| 60 points suffice | a | id | **reproduced** | -1.0 [-3.5, 1.2] | - | 150 | 3 |" in text
+    assert ("| 60 points suffice | a | id | **reproduced** | reproduced | -1.0 [-3.5, 1.2] | 0.01 / 0.02 | - | 150 "
+            "| 3 |") in text
     assert "| 2 | 57.5 | 53.7 |" in text  # published llama-3-8b train-2 headlines (id, ood), then ours
     assert text.count("| a | 4 | 240 | 3 |") == 2
 
@@ -130,8 +131,10 @@ def test_report_lists_no_deviation_for_a_run_with_the_paper_preset_applied(tmp_p
 
 def test_report_projects_the_test_facts_an_inconclusive_claim_needs_and_quotes_the_estimator_agreement(tmp_path):
     params = _params(["a"], sets=("probe.method=likelihood",))
-    undecided = {**VERDICTS[0], "verdict": "inconclusive", "threshold": -5.0,
-                 "effect": {"value": -3.0, "low": -7.0, "high": 1.0, "facts": 150, "seeds": 3}}
+    variance = {"seed": 0.0, "fact": 4.0, "interaction": 0.0, "fact_df": 100_000, "interaction_df": 200_000}
+    undecided = {**VERDICTS[0], "verdict": "inconclusive", "verdict_holm": "inconclusive", "threshold": -5.0,
+                 "effect": {"value": -3.0, "low": -6.9, "high": 0.9, "facts": 150, "seeds": 3, "p": 0.3,
+                            "variance": variance}}
     (tmp_path / "results").mkdir()
     (tmp_path / "results" / "probe_crosscheck-a.json").write_text(json.dumps({
         "selection": {"report": 50, "facts": 100},
@@ -140,21 +143,13 @@ def test_report_projects_the_test_facts_an_inconclusive_claim_needs_and_quotes_t
                                    "calibration": "threshold", "gflops_vs_sample": 23.2}},
         "sampling_noise_ceiling": {"spearman_ceiling_report": 0.89, "kappa_median": 0.9}}))
     text = _report(tmp_path, params, [undecided])
-    # half-width 4 at distance 2 from the margin: (4 / 2)^2 = 4x the 150 test facts
-    assert "about 4.0x the test facts (~600)" in text
-    assert "Decided here: 0 of 1 claim tests." in text
+    # all fact variance: half-width 1.96 x 2 at distance 2 from the margin: (1.96 x 2 / 2)^2 = 3.8x the facts
+    assert "about 3.8x the test facts at 3 seeds" in text
+    assert "Decided here (after Holm): 0 of 1 claim rows." in text
     # the levels the pipeline made (level 0 below the resolution) apart from those a fitted threshold would make
     assert ("- a: Spearman 0.84; Cohen's kappa of the levels as made here (level 0 below 1/210) 0.39 [0.2, 0.6], "
             "with a level-0 threshold and calibration (threshold) fitted on the FIT half 0.62; on 50 held-out facts "
             "(100 scored)") in text
-
-
-def test_facts_to_decide_is_none_when_decided_and_infinite_on_the_threshold():
-    effect = {"value": 2.0, "low": -1.0, "high": 5.0, "facts": 10, "seeds": 3}
-    assert facts_to_decide({"verdict": "reproduced", "effect": effect, "threshold": 0.0}) is None
-    assert facts_to_decide({"verdict": "inconclusive", "effect": effect, "threshold": 0.0}) == pytest.approx(2.25)
-    assert facts_to_decide({"verdict": "inconclusive", "effect": {**effect, "value": 0.0},
-                            "threshold": 0.0}) == float("inf")
 
 
 def test_report_precision_reads_only_the_current_grids_cells_not_leftover_files(tmp_path):
