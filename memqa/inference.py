@@ -25,6 +25,8 @@ from scipy import stats as sps
 
 from memqa.stats import CONFIDENCE
 
+ALPHA = 1 - CONFIDENCE  # the family-wise error rate Holm's adjustment holds
+
 
 @dataclass(frozen=True)
 class Contrast:
@@ -169,24 +171,31 @@ def half_width(parts: Components, seeds: int, facts_factor: float, confidence: f
 MAX_SEEDS, MAX_FACTS_FACTOR = 200, 1000.0
 
 
-def what_decides(effect: dict, threshold: float) -> dict:
+def what_decides(effect: dict, threshold: float, confidence: float = CONFIDENCE) -> dict:
     """For an undecided effect, from its variance components, if the effect stayed at its point estimate:
-    the facts multiple that decides it at these seeds (None: the seed part alone is too wide, so no number of
-    facts does), the seeds that decide it at these facts, and at 4x the facts (None: not within 200 seeds)."""
+    the facts multiple that decides it at these seeds (None: not within 1,000x, as the seed part does not shrink
+    with facts), the seeds that decide it at these facts, and at 4x the facts (None: not within 200 seeds)."""
     v = effect["variance"]
     parts = Components(v["seed"], v["fact"], v["interaction"], effect["seeds"], v["fact_df"], v["interaction_df"])
     distance, seeds = abs(effect["value"] - threshold), effect["seeds"]
-    facts = None
-    if half_width(parts, seeds, 1e9) < distance:
-        low, high = 1.0, MAX_FACTS_FACTOR
-        if half_width(parts, seeds, high) < distance:
-            for _ in range(40):  # bisection on the facts multiple
-                mid = (low * high) ** 0.5
-                low, high = (low, mid) if half_width(parts, seeds, mid) < distance else (mid, high)
-            facts = high
+
+    def width(s: int, factor: float) -> float:
+        return half_width(parts, s, factor, confidence)
+
+    # the smallest multiple on a grid, not a bisection: the half-width is not monotone in the facts (more facts
+    # shrink the fact part, and with it Satterthwaite's df, towards the seed part's seeds - 1)
+    grid = np.geomspace(1.0, MAX_FACTS_FACTOR, 241)
+    first = next((i for i, k in enumerate(grid) if width(seeds, k) < distance), None)
+    facts = None if first is None else float(grid[first])
+    if first:  # refine between the grid points around the crossing
+        low, high = float(grid[first - 1]), facts
+        for _ in range(30):
+            mid = (low * high) ** 0.5
+            low, high = (low, mid) if width(seeds, mid) < distance else (mid, high)
+        facts = high
 
     def seeds_needed(factor: float) -> int | None:
-        return next((s for s in range(2, MAX_SEEDS + 1) if half_width(parts, s, factor) < distance), None)
+        return next((s for s in range(2, MAX_SEEDS + 1) if width(s, factor) < distance), None)
 
     return {"facts_factor": facts, "seeds": seeds_needed(1.0), "seeds_at_4x_facts": seeds_needed(4.0),
-            "seed_half_width_limit": round(half_width(parts, seeds, 1e9), 2)}
+            "half_width_at_max_facts": round(width(seeds, MAX_FACTS_FACTOR), 2)}

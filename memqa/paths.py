@@ -26,6 +26,7 @@ SUMMARY = Path("metrics/summary.json")
 PLOTS = Path("plots")
 REPORT = Path("REPORT.md")
 BENCHMARK_RESULTS = Path("benchmarks/results")  # the estimator crosscheck, which REPORT.md quotes
+PREVIOUS_VERDICTS = BENCHMARK_RESULTS / "verdicts-before-issue-20.json"  # the old design's, REPORT.md compares
 METRICS = Path("metrics")
 VERDICTS = METRICS / "verdicts.json"
 PROBE_DATA = Path("data/probe")

@@ -9,7 +9,7 @@ from pathlib import Path
 from memqa import paths
 from memqa.accuracy import levels_left_out
 from memqa.config import Params, with_preset
-from memqa.inference import what_decides
+from memqa.inference import ALPHA, what_decides
 from memqa.report_sections import (
     figures,
     interval,
@@ -33,7 +33,8 @@ def build_report(params: Params, rows: list[dict], verdicts: list[dict], metrics
     splits = {m: json.loads(path.read_text()) for m, path in files.items() if path.is_file()}
     bases = {m: json.loads(path.read_text()) for m in params.models
              if (path := _under(metrics_root, paths.eval_metrics(m, "base"))).is_file()}
-    out = [*intro(params), *verdict_table(verdicts), "", *decidability(verdicts, params, splits),
+    out = [*intro(params), *verdict_table(verdicts), "", *previous_design(verdicts, results_dir),
+           *decidability(verdicts, params, splits),
            *what_was_run(params, metrics_root, splits),
            *memory_levels(params, rows, splits, reference, plots_dir, results_dir),
            *matching_artifacts(splits, bases),
@@ -80,7 +81,41 @@ def verdict_table(verdicts: list[dict]) -> list[str]:
     return lines
 
 
-def _what_decides(v: dict, per_relation: int | None) -> str | None:
+def _why(old: dict, new: dict | None) -> str:
+    """Why an old 'reproduced' row stands or not under the new design."""
+    if new is None:
+        return "no such row now"
+    if new["verdict_holm"] == "not tested again":
+        return "shown, but the same contrast as the level-0 row with its sign flipped: not a second test"
+    effect, was = new["effect"], old["effect"]
+    now = interval(effect["value"], effect["low"], effect["high"])
+    if new["verdict_holm"] == "reproduced":
+        return f"stands: {now}, Holm p {_p(new['p_holm'])}"
+    if new["verdict"] == "reproduced":
+        return f"reproduced before the adjustment only: {now}, p {_p(effect['p'])}, Holm p {_p(new['p_holm'])}"
+    widths = (was["high"] - was["low"]) / 2, (effect["high"] - effect["low"]) / 2
+    return (f"now {new['verdict_holm']}: {now} (was {interval(was['value'], was['low'], was['high'])}; half-width "
+            f"{widths[0]:.1f} -> {widths[1]:.1f}: relation-matched sets, a fixed rival, the t interval over seeds)")
+
+
+def previous_design(verdicts: list[dict], results_dir: Path) -> list[str]:
+    """Each row the design before issue 20 called reproduced (paths.PREVIOUS_VERDICTS), and whether it stands."""
+    path = results_dir / paths.PREVIOUS_VERDICTS.name
+    if not path.is_file():
+        return []
+    now = {(v["claim"], v["model"], v["domain"]): v for v in verdicts}
+    old = [v for v in json.loads(path.read_text()) if v["verdict"] == "reproduced"]
+    lines = ["### The previous design's reproduced rows", "",
+             f"The verdicts before issue 20 (`{paths.PREVIOUS_VERDICTS}`: a bootstrap over seeds and facts, the best "
+             "other level as the diagonal's rival, each level's training sets on its own relation mix, no "
+             f"multiplicity control) called {len(old)} rows reproduced. Under this design:", ""]
+    for v in old:
+        key = (v["claim"], v["model"], v["domain"])
+        lines.append(f"- {v['claim']} ({v['model']}, {v['domain']}): {_why(v, now.get(key))}.")
+    return lines + [""]
+
+
+def _what_decides(v: dict, per_relation: int | None, tests: int) -> str | None:
     """The line saying what would decide an undecided claim (None for a decided one)."""
     where, effect = f"{v['claim']} ({v['model']}, {v['domain']})", v["effect"]
     if v["verdict_holm"] != "inconclusive":
@@ -89,15 +124,15 @@ def _what_decides(v: dict, per_relation: int | None) -> str | None:
         return f"- {where}: {v['note'] or 'no interval'}."
     if abs(effect["value"] - v["threshold"]) < 1e-9:
         return f"- {where}: the effect sits on the threshold ({v['threshold']:g}); no design decides it at this effect."
-    need = what_decides(effect, v["threshold"])
+    need = what_decides(effect, v["threshold"], 1 - ALPHA / max(1, tests))  # Bonferroni: Holm's first step
     head = (f"- {where}: effect {effect['value']:.1f} [{effect['low']:.1f}, {effect['high']:.1f}] on "
             f"{effect['facts']} test facts and {effect['seeds']} seeds (threshold {v['threshold']:g}); if the "
             "effect stayed there: ")
     if v["verdict"] != "inconclusive":
         head += f"decided before the multiplicity adjustment (Holm p {_p(v['p_holm'])}); "
     if need["facts_factor"] is None:
-        facts = (f"not decidable by more facts at {effect['seeds']} seeds (the seed part alone leaves "
-                 f"+-{need['seed_half_width_limit']:.1f})")
+        facts = (f"not decidable by more facts at {effect['seeds']} seeds (at 1,000x the facts the seed part "
+                 f"still leaves +-{need['half_width_at_max_facts']:.1f})")
     else:
         hint = f", `download.per_relation.test` ~{per_relation * need['facts_factor']:,.0f}" if per_relation else ""
         facts = f"about {need['facts_factor']:.1f}x the test facts at {effect['seeds']} seeds{hint}"
@@ -129,10 +164,12 @@ def decidability(verdicts: list[dict], params: Params, splits: dict[str, dict]) 
            f"Decided here (after Holm): {len(decided)} of {len(verdicts)} claim rows"
            + (": " + "; ".join(f"{v['claim']} ({v['model']}, {v['domain']}: {v['verdict_holm']})" for v in decided)
               if decided else "") + ".", ""]
-    more = [line for v in verdicts if (line := _what_decides(v, params.download.per_relation.test))]
+    tests = sum(v.get("in_family", False) for v in verdicts)
+    more = [line for v in verdicts if (line := _what_decides(v, params.download.per_relation.test, tests))]
     if more:
-        out += ["Undecided here, and what would decide them (projected from this run's variance components: "
-                "the fact part shrinks with more test facts, the seed part only with more seeds):", "", *more, ""]
+        out += [f"Undecided here, and what would decide them at the family-wise level (alpha {ALPHA:g} over the "
+                f"{tests} tests, as Holm's first step needs), projected from this run's variance components: the "
+                "fact part shrinks with more test facts, the seed part only with more seeds:", "", *more, ""]
     return out + _thin_levels(splits, params.report.min_level_facts)
 
 

@@ -17,10 +17,8 @@ import numpy as np
 
 from memqa.accuracy import levels_left_out
 from memqa.config import Report
-from memqa.inference import Contrast, Estimate, estimate, holm
+from memqa.inference import ALPHA, Contrast, Estimate, estimate, holm
 from memqa.study import Study
-
-ALPHA = 0.05
 
 
 def _row(claim: str, study: Study, statistic: str, est: Estimate | None, threshold: float = 0.0,

@@ -66,5 +66,5 @@ def test_what_decides_a_fact_limited_effect_is_more_facts():
 
 def test_what_decides_says_no_number_of_facts_decides_when_the_seed_part_alone_is_too_wide():
     need = what_decides(_effect(seed=12.0, fact=1.0), threshold=0.0)  # t(2) x sqrt(12 / 3) = 8.6 > 3
-    assert need["facts_factor"] is None and need["seed_half_width_limit"] == pytest.approx(8.61, abs=0.01)
+    assert need["facts_factor"] is None and need["half_width_at_max_facts"] == pytest.approx(8.61, abs=0.05)
     assert need["seeds"] is not None and need["seeds"] > 3
