@@ -113,6 +113,10 @@ def matching_artifacts(splits: dict[str, dict], bases: dict[str, dict]) -> list[
                                for g, s in found["gold_in_subject"].items())
             out.append(f"- {model}: gold inside the subject: {inside}; test facts whose subject and answer a train "
                        f"fact of another relation shares: {found['cross_relation_leaks']}.")
+            clean = found.get("level_counts_without_gold_in_subject")
+            if clean:
+                out.append("  - facts per level [0..] without the gold-in-subject facts: " + "; ".join(
+                    f"{g} {list(counts.values())}" for g, counts in clean.items()) + ".")
         for domain, base in sorted((bases.get(model) or {}).items()):
             if isinstance(base, dict) and "exact_micro" in base:
                 out.append(f"  - untrained base, {domain}: containment micro {fmt(base['micro'])}, first-line exact "

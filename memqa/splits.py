@@ -119,11 +119,15 @@ def _training_sets(conf: Split, train: list[dict]) -> tuple[dict[str, list[dict]
     return train_sets, cells
 
 
-def _artifacts(rows: list[dict], groups: dict[str, list[dict]]) -> dict:
-    """Per probe group, the share of facts with a gold answer inside the subject; per test domain, the test facts
-    whose subject and answer a train fact of another relation shares (memqa.artifacts)."""
+def _artifacts(rows: list[dict], groups: dict[str, list[dict]], n_levels: int) -> dict:
+    """Per probe group, the share of facts with a gold answer inside the subject and the level counts without
+    them (a sensitivity row: an echo of the subject scores in the probe); per test domain, the test facts whose
+    subject and answer a train fact of another relation shares (memqa.artifacts)."""
     train = [r for r in rows if r["group"] == "train"]
     return {"gold_in_subject": {g: share([gold_in_subject(r) for r in rs]) for g, rs in groups.items()},
+            "level_counts_without_gold_in_subject": {
+                g: {f"L{lv}": sum(r["level"] == lv and not gold_in_subject(r) for r in rs) for lv in range(n_levels)}
+                for g, rs in groups.items()},
             "cross_relation_leaks": {g.removeprefix("test_"): len(leaks(groups[g], train))
                                      for g in GROUPS if g != "train"}}
 
@@ -148,7 +152,7 @@ def build_splits(conf: Split, facts: list[dict], scores: list[dict], n_levels: i
                        sum(r["relation"] == rel for r in rows), 4) for rel in relations},
         "train_test_overlap": {"dropped": conf.drop_test_overlap, "facts": len(overlap),
                                "per_relation": dict(sorted(Counter(r["relation"] for r in overlap).items()))},
-        "matching_artifacts": _artifacts(rows, groups),
+        "matching_artifacts": _artifacts(rows, groups, n_levels),
         "relation_mix": conf.relation_mix,
         "cells_short": sum(c["shortfall"] > 0 for c in cells),
         "max_shared_between_seeds": max((c["shared_with_other_seeds"] for c in cells), default=0),

@@ -63,3 +63,11 @@ def test_level_counts_in_probe_and_evaluation_metrics_are_scalars_dvc_can_show()
     preds = [{"domain": "id", "level": 1, "correct": True}]
     n = accuracy_metrics(preds, conf.n_levels)["id"]["n"]
     assert n == {"L0": 0, "L1": 1, "L2": 0, "L3": 0, "L4": 0}
+
+
+def test_split_metrics_count_the_levels_without_the_facts_whose_gold_is_in_the_subject():
+    facts, scores = _world()
+    facts[0]["subject"] = "A0 Tower"  # its gold "A0" sits in the subject; fact 0 is a level-0 train fact
+    _, _, metrics = build_splits(SPLIT, facts, scores, 2)
+    clean = metrics["matching_artifacts"]["level_counts_without_gold_in_subject"]
+    assert clean["train"] == {"L0": 3, "L1": 3} and metrics["level_counts"]["train"] == [4, 3]  # S3 dropped: a test question
