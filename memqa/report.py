@@ -220,6 +220,12 @@ def what_was_run(params: Params, metrics_root: Path, splits: dict[str, dict]) ->
             + "; ".join(["", *(f"{m}: evaluation (cells and the untrained base alike) {p}"
                              for m, p in stage_precisions(metrics_root, params, "eval").items())]) + "."]
     for model, split in splits.items():
+        if "max_shared_between_seeds" in split:
+            worst = max(split["cells"], key=lambda c: c["shared_with_other_seeds"] / max(1, c["actual"]))
+            out.append(f"\n{model}: training sets on `split.relation_mix: {split['relation_mix']}`; seeds draw "
+                       f"distinct sets where the pool allows: at most {split['max_shared_between_seeds']} facts "
+                       f"shared with another seed's set (highest share: level {worst['level']}, n={worst['size']}, "
+                       f"{worst['shared_with_other_seeds']} of {worst['actual']}; per cell in split.json).")
         overlap = split.get("train_test_overlap")
         if overlap and overlap["facts"]:
             fate = "dropped from every training set" if overlap["dropped"] else "kept (split.drop_test_overlap)"

@@ -198,3 +198,17 @@ def test_report_states_the_matching_artifacts_of_the_split_and_the_untrained_bas
     assert "{'id': 3, 'ood': 0}" in section
     assert "containment micro 20.0, first-line exact match 4.0; headline 18.0, without the gold-in-subject facts 12.5" \
         in section
+
+
+def test_report_states_the_facts_seeds_share_and_the_relation_mix(tmp_path):
+    params = _params(["a"])
+    (tmp_path / "a").mkdir(parents=True, exist_ok=True)
+    cells = [{"level": 1, "size": "120", "seed": s, "actual": 118, "shared_with_other_seeds": 118} for s in (0, 1)]
+    cells += [{"level": 0, "size": "60", "seed": 0, "actual": 60, "shared_with_other_seeds": 0}]
+    (tmp_path / "a" / "split.json").write_text(json.dumps({
+        "level_counts": {"train": [5] * 5, "test_id": [5] * 5, "test_ood": [5] * 5}, "cells": cells,
+        "relation_mix": "matched", "max_shared_between_seeds": 118,
+        "train_test_overlap": {"dropped": True, "facts": 0, "per_relation": {}}}))
+    text = _report(tmp_path, params)
+    assert ("a: training sets on `split.relation_mix: matched`; seeds draw distinct sets where the pool allows: at "
+            "most 118 facts shared with another seed's set (highest share: level 1, n=120, 118 of 118") in text
