@@ -205,6 +205,7 @@ def test_report_states_the_facts_seeds_share_and_the_relation_mix(tmp_path):
     (tmp_path / "a").mkdir(parents=True, exist_ok=True)
     cells = [{"level": 1, "size": "120", "seed": s, "actual": 118, "shared_with_other_seeds": 118} for s in (0, 1)]
     cells += [{"level": 0, "size": "60", "seed": 0, "actual": 60, "shared_with_other_seeds": 0}]
+    cells = [{**c, "shortfall": 0, "skipped": False, "per_relation": {}} for c in cells]
     (tmp_path / "a" / "split.json").write_text(json.dumps({
         "level_counts": {"train": [5] * 5, "test_id": [5] * 5, "test_ood": [5] * 5}, "cells": cells,
         "relation_mix": "matched", "max_shared_between_seeds": 118,
