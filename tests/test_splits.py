@@ -70,4 +70,5 @@ def test_split_metrics_count_the_levels_without_the_facts_whose_gold_is_in_the_s
     facts[0]["subject"] = "A0 Tower"  # its gold "A0" sits in the subject; fact 0 is a level-0 train fact
     _, _, metrics = build_splits(SPLIT, facts, scores, 2)
     clean = metrics["matching_artifacts"]["level_counts_without_gold_in_subject"]
-    assert clean["train"] == {"L0": 3, "L1": 3} and metrics["level_counts"]["train"] == [4, 3]  # S3 dropped: a test question
+    # fact 3 (level 1) is dropped: its question is a test question
+    assert clean["train"] == {"L0": 3, "L1": 3} and metrics["level_counts"]["train"] == [4, 3]
