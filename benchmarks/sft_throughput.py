@@ -182,7 +182,7 @@ base = table["devices"][base_kind]
 probe_path = Path(args.probe_results or REPO / "benchmarks" / "results" /
                   f"probe_engine-random-{args.random_init_shape}.json")
 workload = table["workload"]
-measured = {
+measured = {**base,  # the plan's other keys (collectives, save, gather, vLLM rates): the base kind's, not measured
     "status": "measured", "cuda": cuda,
     # per device: forward + backward FLOP/s of one process; the optimizer step as bytes moved per second
     "train_flop_per_s": 6 * n_params * tokens / processes / compute_s,

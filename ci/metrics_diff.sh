@@ -7,6 +7,7 @@
 set -euo pipefail
 repo=$(git rev-parse --show-toplevel)
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1   # fixed float summation order: reproducible tiny-model metrics
+export CUDA_VISIBLE_DEVICES=                 # on a GPU machine too: the baseline is a CPU run
 : "${MEMQA_EQ_SOURCE:?set MEMQA_EQ_SOURCE to a local EntityQuestions copy}"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

@@ -21,6 +21,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -31,6 +32,7 @@ from memqa.overrides import PARAMS_FILE, apply_overrides, preset_overrides
 from memqa.paths import TEMPLATES_FILE
 
 DTYPE = Literal["bfloat16", "float32", "float16"]
+ENGINE = Literal["hf", "vllm"]  # hf: memqa's own decode loop (memqa/engine.py); vllm: vLLM's offline LLM
 MATCHER = Literal["contains", "token_sequence"]
 PROBE_METHOD = Literal["sample", "likelihood", "greedy_containment", "rao_blackwell"]
 SFT_METHOD = Literal["qlora", "lora", "full"]
@@ -110,6 +112,9 @@ class Probe(Section):
     # published: the paper's templates where recovered, memqa's own for the rest (params.yaml's choice);
     # authored: memqa's own (what a params file without the key, and the tests' tiny models, use)
     template_set: TEMPLATE_SET = "authored"
+    engine: ENGINE = "hf"  # vllm: method sample through vLLM (memqa/vllm_engine.py); after method (its check)
+    tensor_parallel_size: Count = 1  # vllm: GPUs per model replica (1 with engine hf: memqa.vllm_engine.check)
+    data_parallel_size: Count = 1  # vllm: model replicas (ditto)
 
     @property
     def n_levels(self) -> int:
@@ -129,6 +134,13 @@ class Probe(Section):
         if templates > max_templates():
             raise ValueError(f"the templates file has {max_templates()} per relation")
         return templates
+
+    @field_validator("engine")
+    @classmethod
+    def _engine_runs_method(cls, engine: str, info: ValidationInfo) -> str:
+        if engine == "vllm" and info.data.get("method", "sample") != "sample":
+            raise ValueError(f"runs only method sample, not {info.data['method']}: set method: sample or engine: hf")
+        return engine
 
 
 class Split(Section):
@@ -164,6 +176,9 @@ class Evaluate(Section):
     max_new_tokens: Count
     batch_size: Count
     matcher: MATCHER
+    engine: ENGINE = "hf"  # vllm: greedy answers through vLLM (memqa/vllm_engine.py)
+    tensor_parallel_size: Count = 1  # vllm: GPUs per model replica (1 with engine hf: memqa.vllm_engine.check)
+    data_parallel_size: Count = 1  # vllm: model replicas (ditto)
 
 
 class Matching(Section):

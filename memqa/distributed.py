@@ -21,6 +21,52 @@ LAUNCH_ENV = "MEMQA_ACCELERATE"  # e.g. "--config_file configs/accelerate/fsdp.y
 # other processes' shards, which can take longer than torch's default (NCCL: 10 minutes) when shards are
 # unequal; a process that fails ends the whole launch anyway (torchrun stops the others).
 TIMEOUT = timedelta(hours=2)
+# cuBLAS's deterministic workspace (torch.use_deterministic_algorithms on CUDA needs it, read when cuBLAS starts)
+CUBLAS_WORKSPACE = ("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+PORT_OPTION = "--main_process_port"
+
+
+def deterministic_cuda(deterministic: bool, environ: dict[str, str] | None = None) -> None:
+    """Before CUDA starts: set $CUBLAS_WORKSPACE_CONFIG (unless set) for deterministic cuBLAS. Set later it
+    would be read too late (torch caches the workspace size), so an initialised CUDA without it is an error."""
+    environ = os.environ if environ is None else environ
+    name, value = CUBLAS_WORKSPACE
+    if not deterministic or name in environ:
+        return
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        raise MemqaError(f"sft.deterministic needs {name}={value} before CUDA starts: export it, or set "
+                         "-S sft.deterministic=false")
+    environ[name] = value
+
+
+def fsdp_plugin(param_dtype, environ: dict[str, str] | None = None):
+    """Under an FSDP launch ($ACCELERATE_USE_FSDP), the launcher's FSDP settings with mixed precision that
+    computes in param_dtype but reduces gradients and keeps buffers (RoPE's inv_freq) in fp32, as DDP, one GPU
+    and evaluation do (accelerate's default makes all three bf16); None otherwise."""
+    import torch
+
+    environ = os.environ if environ is None else environ
+    if environ.get("ACCELERATE_USE_FSDP", "false").lower() != "true":
+        return None
+    from accelerate import FullyShardedDataParallelPlugin
+
+    policy = {"param_dtype": param_dtype, "reduce_dtype": torch.float32}
+    if environ.get("FSDP_VERSION", "1") == "1":  # FSDP2 keeps buffers as they are loaded (fp32 here)
+        policy["buffer_dtype"] = torch.float32
+    else:
+        policy["output_dtype"] = param_dtype
+    return FullyShardedDataParallelPlugin(mixed_precision_policy=policy)
+
+
+def free_port() -> int:
+    """A TCP port free on this machine now, for a launch's rendezvous (side-by-side launches would all take 29500)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def process_state():
@@ -42,7 +88,8 @@ def relaunch_command(argv: list[str], environ: dict[str, str] | None = None) -> 
     $MEMQA_ACCELERATE holds launcher options and this process is not already under a launcher; else None.
 
     DVC runs `python stages/<stage>.py ...`; the launcher options live in the environment, not in dvc.yaml, so
-    the same stage runs on 1, 4 or 8 GPUs without changing its command (nor its result)."""
+    the same stage runs on 1, 4 or 8 GPUs without changing its command (nor its result). Without
+    --main_process_port in the options it takes a free port, so launches side by side do not collide."""
     environ = os.environ if environ is None else environ
     options = environ.get(LAUNCH_ENV, "").strip()
     if not options or "LOCAL_RANK" in environ:
@@ -52,6 +99,8 @@ def relaunch_command(argv: list[str], environ: dict[str, str] | None = None) -> 
     except ValueError as err:  # an unclosed quote
         raise MemqaError(f"${LAUNCH_ENV} cannot be split into options ({err}): fix its quotes, e.g. "
                          f'{LAUNCH_ENV}="--config_file configs/accelerate/ddp.yaml --num_processes 2"') from None
+    if not any(w == PORT_OPTION or w.startswith(PORT_OPTION + "=") for w in words):
+        words += [PORT_OPTION, str(free_port())]
     return [sys.executable, "-m", "accelerate.commands.launch", *words, *argv]
 
 

@@ -1,11 +1,10 @@
 """The batched inference engine shared by probe and evaluate: one decode loop (generate_traced), which plain
 generation runs with a NullTracer.
 
-Done the way public probing loops usually are not: prompts are sorted by length and left-padded into
-batches, each prompt is encoded once and its KV cache repeated for its samples, only the last position's
-logits are computed while decoding, and a completion that is done (EOS, or an answer found) leaves the batch
-at once. Sampling draws each completion from its own counter-based random stream, so a completion does not
-depend on its batch neighbours. Teacher forcing (the likelihood method) is memqa.teacher_forcing.
+Prompts are sorted by length and left-padded into batches, each prompt is encoded once and its KV cache repeated
+for its samples, only the last position's logits are computed while decoding, and a completion that is done (EOS,
+or an answer found) leaves the batch at once. Sampling draws each completion from its own counter-based random
+stream, so a completion does not depend on its batch neighbours. Teacher forcing is memqa.teacher_forcing.
 """
 from __future__ import annotations
 
@@ -13,8 +12,9 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import numpy as np
 import torch
+
+from memqa.decoding import CLEANUP_UNKNOWN, RowTexts, decode_cleanup, row_key, sample_gumbel_max
 
 
 def encode(tokenizer, texts: Sequence[str]) -> list[list[int]]:
@@ -57,54 +57,6 @@ def _stop_ids(model, tokenizer) -> list[int]:
     return sorted(i for i in ids if i is not None)
 
 
-_MASK64 = (1 << 64) - 1
-
-
-def _mix64(x: int) -> int:
-    """splitmix64's finaliser: a bijective 64-bit hash."""
-    x = (x + 0x9E3779B97F4A7C15) & _MASK64
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return x ^ (x >> 31)
-
-
-def row_key(seed: int, prompt: int, sample: int) -> int:
-    """The random stream of one completion: a key from (seed, prompt index, sample index)."""
-    return _mix64(_mix64(_mix64(seed & _MASK64) ^ prompt) ^ sample)
-
-
-def gumbel_noise(keys: Sequence[int], step: int, vocab: int, device: torch.device) -> torch.Tensor:
-    """Standard Gumbel noise, [len(keys), vocab]: row k's from a counter-based stream keyed by (keys[k], step),
-    so a row's noise depends on nothing but its key and the step.
-
-    CPU: numpy's Philox4x64 keyed by (key, step). CUDA: torch's Philox seeded by a 64-bit hash of (key, step),
-    drawn on the device (the two devices' streams differ; each is reproducible).
-    """
-    if device.type == "cuda":
-        uniform = torch.empty(len(keys), vocab, device=device)
-        generator = torch.Generator(device=device)
-        for k, key in enumerate(keys):
-            generator.manual_seed(_mix64(key ^ _mix64(step)))
-            uniform[k].uniform_(generator=generator)
-    else:
-        drawn = np.empty((len(keys), vocab), dtype=np.float32)
-        for k, key in enumerate(keys):
-            np.random.Generator(np.random.Philox(key=(key << 64) | step)).random(out=drawn[k], dtype=np.float32)
-        uniform = torch.from_numpy(drawn).to(device)
-    return -torch.log(-torch.log(uniform))  # u = 0 gives -inf: never chosen
-
-
-def sample_gumbel_max(logits: torch.Tensor, temperature: float, keys: Sequence[int], step: int) -> torch.Tensor:
-    """One token per row from softmax(logits / T) by the Gumbel-max trick: argmax(logits / T + Gumbel noise).
-
-    Exact sampling from the tempered, untruncated distribution, with each row's noise its own. Unlike
-    inverse-CDF sampling, a tiny change of the logits (the rounding of another batch shape) changes the
-    token only when the two best noisy scores are that close, not whenever any boundary moves.
-    """
-    noise = gumbel_noise(keys, step, logits.shape[-1], logits.device)
-    return (logits.float() / temperature + noise).argmax(dim=-1)
-
-
 class Tracer(Protocol):
     """What the decode loop reports to, and asks of, the estimator that watches it."""
 
@@ -137,12 +89,13 @@ class _Rules:
     temperature: float
     stop_ids: frozenset[int]
     stop_when: Callable[[int, str], bool] | None
+    cleanup: Callable[[str], str] | None = None
 
 
 @dataclass
 class _Batch:
     """One batch being decoded. The cache's rows are the decoding rows (`active`, indices into `rows`, in order),
-    then the forks ([tag, continuation, tokens fed] each)."""
+    then the forks ([tag, continuation, tokens fed] each); texts: the rows' texts for stop_when."""
     rows: list[tuple[int, int]]
     keys: list[int]
     tokens: list[list[int]]
@@ -151,6 +104,7 @@ class _Batch:
     logits: torch.Tensor
     mask: torch.Tensor
     position: torch.Tensor
+    texts: RowTexts | None = None
     forks: list[list] = field(default_factory=list)
     step: int = 0
 
@@ -158,7 +112,7 @@ class _Batch:
 def _decode_rows(b: _Batch, rules: _Rules) -> tuple[list[int], list[int], list]:
     """Choose every decoding row's next token, show it to the tracer, and judge the rows: (cache rows that go on,
     the tokens they are fed, the tracer's new forks). A row ends at a stop token (not kept), after
-    max_new_tokens, when the tracer halts it or when stop_when holds for its text so far."""
+    max_new_tokens, when the tracer halts it or when stop_when holds for its text so far (RowTexts)."""
     n = len(b.active)
     if not n:
         return [], [], []
@@ -169,16 +123,13 @@ def _decode_rows(b: _Batch, rules: _Rules) -> tuple[list[int], list[int], list]:
     halt, spawn = rules.tracer.step([b.rows[r] for r in b.active], b.step, b.logits[:n], next_token)
     halt, chosen, keep = set(halt), next_token.tolist(), []
     for k, (r, token) in enumerate(zip(b.active, chosen, strict=True)):
-        if token in rules.stop_ids:
-            continue
-        b.tokens[r].append(token)
-        if k in halt or b.step == rules.max_new_tokens - 1:
-            continue
-        # the whole row is decoded, so a character split over tokens is judged once complete
-        if rules.stop_when is not None and rules.stop_when(b.rows[r][0], rules.tokenizer.decode(
-                b.tokens[r], skip_special_tokens=True)):
-            continue
-        keep.append(k)
+        if token not in rules.stop_ids:
+            b.tokens[r].append(token)
+            if k not in halt and b.step < rules.max_new_tokens - 1:
+                keep.append(k)
+    if rules.stop_when is not None and keep:
+        texts = b.texts.update([b.active[k] for k in keep], b.tokens)
+        keep = [k for k, text in zip(keep, texts, strict=True) if not rules.stop_when(b.rows[b.active[k]][0], text)]
     b.active = [b.active[k] for k in keep]
     return keep, [chosen[k] for k in keep], list(spawn)
 
@@ -222,8 +173,9 @@ def _decode_batch(model, prompts: list[list[int]], batch: list[int], rules: _Rul
     cache, logits, mask, positions = _prefill(model, [prompts[i] for i in batch], rules.tokenizer.pad_token_id,
                                               num_samples, rules.device)
     rows = [(p, s) for p in batch for s in range(num_samples)]  # in the cache's batch order
+    texts = RowTexts(rules.tokenizer, rules.cleanup, len(rows)) if rules.stop_when is not None else None
     b = _Batch(rows, [row_key(seed, p, s) for p, s in rows], [[] for _ in rows], list(range(len(rows))), cache,
-               logits, mask, positions[:, -1:])
+               logits, mask, positions[:, -1:], texts)
     while b.active or b.forks:
         n = len(b.active)
         index, feed, spawn = _decode_rows(b, rules)
@@ -243,8 +195,10 @@ def generate_traced(model, tokenizer, prompts: Sequence[str], tracer: Tracer, *,
     the stop token (EOS) that ended a completion.
 
     stop_when(prompt index, text so far) -> True ends that completion after the token just chosen (the probe:
-    it already contains a gold answer). A completion that ends (a stop token, stop_when, max_new_tokens, the
-    tracer) leaves the batch: its rows of the KV cache, mask, positions and logits are dropped.
+    it already contains a gold answer); the text is the completion's decoded text (memqa.decoding.RowTexts: one
+    batched decode of a few tokens per row and step), or where decode cleans up spaces its settled_text, which
+    every longer completion's text begins with. A completion that ends (a stop token, stop_when, max_new_tokens,
+    the tracer) leaves the batch: its rows of the KV cache, mask, positions and logits are dropped.
 
     At every step tracer.step sees each row still decoding before its token is judged (the step that draws EOS
     included, so every position at which a completion could have gone on), and may end rows after this token or
@@ -257,8 +211,11 @@ def generate_traced(model, tokenizer, prompts: Sequence[str], tracer: Tracer, *,
     if max_new_tokens < 1:
         return [[[] for _ in range(num_samples)] for _ in prompts]
     encoded = encode(tokenizer, prompts)
+    cleanup = decode_cleanup(tokenizer) if stop_when is not None else None
+    if cleanup == CLEANUP_UNKNOWN:  # a decode whose text no prefix rule covers: decode to full length
+        stop_when, cleanup = None, None
     rules = _Rules(tokenizer, tracer, next(model.parameters()).device, max_new_tokens, temperature,
-                   frozenset(_stop_ids(model, tokenizer)), stop_when)
+                   frozenset(_stop_ids(model, tokenizer)), stop_when, cleanup)
     outputs: list[list[list[int]]] = [[] for _ in prompts]
     per_batch = max(1, batch_size // num_samples) if num_samples > 1 else batch_size
     for batch in length_sorted_batches([len(e) for e in encoded], per_batch):

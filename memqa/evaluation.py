@@ -1,5 +1,6 @@
 """Closed-book QA evaluation: greedy answers of a cell's model to the test questions, judged per fact; data
-parallel under `accelerate launch` (batches split between the processes), with the one-process result."""
+parallel under `accelerate launch` (batches split between the processes), with the one-process result; or
+(evaluate.engine vllm) the same answers and rows through vLLM (memqa.vllm_engine)."""
 from __future__ import annotations
 
 import json
@@ -40,13 +41,42 @@ def predict(model, tokenizer, facts: list[dict], conf: Evaluate, state=None) -> 
         outputs = generate(model, tokenizer, [prompts[i] for i in batches[b]],
                            max_new_tokens=conf.max_new_tokens, batch_size=batch_size)
         for i, out in zip(batches[b], outputs, strict=True):
-            f = facts[i]
-            mine.append((i, {"fact_id": f["fact_id"], "domain": f["domain"], "relation": f["relation"],
-                             "subject": f["subject"],
-                             "level": f["level"], "question": f["question"], "gold": f["answers"], "output": out[0],
-                             "correct": matcher(out[0], f["answers"]),
-                             "exact": first_line_exact(out[0], f["answers"])}))
+            mine.append((i, judged(facts[i], out[0], matcher)))
     return gather_in_order(mine, state)
+
+
+def judged(f: dict, output: str, matcher) -> dict:
+    """A fact's prediction row: the fact, the model's answer, and whether it is correct (and exact)."""
+    return {"fact_id": f["fact_id"], "domain": f["domain"], "relation": f["relation"], "subject": f["subject"],
+            "level": f["level"], "question": f["question"], "gold": f["answers"], "output": output,
+            "correct": matcher(output, f["answers"]), "exact": first_line_exact(output, f["answers"])}
+
+
+def predict_vllm(llm, tokenizer, facts: list[dict], conf: Evaluate, adapter: Path | None = None) -> list[dict]:
+    """predict's rows through vLLM's LLM (evaluate.engine vllm): the same prompts, greedy, the same judging;
+    adapter: the cell's LoRA folder, applied by vLLM."""
+    from memqa.vllm_engine import greedy
+
+    outputs = greedy(llm, tokenizer, [qa_prompt(f["question"]) for f in facts], conf.max_new_tokens, adapter)
+    matcher = get_matcher(conf.matcher)
+    return [judged(f, out, matcher) for f, out in zip(facts, outputs, strict=True)]
+
+
+def _vllm_cell(facts: list[dict], trained_dir: Path | None, info: dict, model_dir: Path, conf: Evaluate,
+               sft_conf: Sft, method: str) -> list[dict]:
+    """A cell's predictions through vLLM: the base, full weights, or the base with the cell's LoRA adapter, in the
+    dtype engine hf evaluates in (memqa.models.compute_dtype)."""
+    from memqa.models import compute_dtype
+    from memqa.vllm_engine import load
+
+    if method == "qlora":
+        raise MemqaError("evaluate.engine vllm does not run qlora cells (an NF4 base with an adapter): set "
+                         "evaluate.engine: hf")
+    weights = trained_weights(trained_dir, info)
+    adapter = weights if weights is not None and method == "lora" else None
+    llm, tokenizer = load(model_dir if weights is None or adapter else weights,
+                          str(compute_dtype(sft_conf)).removeprefix("torch."), conf, adapter)
+    return predict_vllm(llm, tokenizer, facts, conf, adapter)
 
 
 def train_info(trained_dir: Path | None) -> dict:
@@ -84,7 +114,9 @@ def evaluate_cell(facts: list[dict], trained_dir: Path | None, model_dir: Path, 
     Under `accelerate launch` every process loads the model onto its own device, predicts its share of the
     batches (predict) and returns the whole result; the caller writes it on the main process only."""
     from memqa.models import load_for_eval, precision
+    from memqa.vllm_engine import check, engine_record
 
+    check(conf, "evaluate")  # before any model loads: parallel sizes, one process, vLLM importable
     state = process_state()
     if trained_dir is not None and not trained_dir.is_dir():
         raise MemqaError(f"no trained model at {trained_dir}: run `dvc repro sft` first")
@@ -92,12 +124,15 @@ def evaluate_cell(facts: list[dict], trained_dir: Path | None, model_dir: Path, 
     if info.get("skipped"):
         return [], {"skipped": True, "reason": "empty training set (see the split metrics)"}
     method = info.get("method", sft_conf.method)  # the cell as it was trained
-    model, tokenizer = load_for_eval(model_dir, trained_weights(trained_dir, info), method, sft_conf,
-                                     local_rank=state.local_process_index)
-    predictions = predict(model, tokenizer, facts, conf, state)
+    if conf.engine == "vllm":
+        predictions = _vllm_cell(facts, trained_dir, info, model_dir, conf, sft_conf, method)
+    else:
+        model, tokenizer = load_for_eval(model_dir, trained_weights(trained_dir, info), method, sft_conf,
+                                         local_rank=state.local_process_index)
+        predictions = predict(model, tokenizer, facts, conf, state)
     return predictions, {"skipped": False, "train_facts": info.get("facts", 0),
                          "precision": precision(sft_conf, method, training=False),
-                         "processes": state.num_processes,
+                         "processes": state.num_processes, "engine": engine_record(conf),
                          **cell_metrics(predictions, n_levels, min_level_facts)}
 
 

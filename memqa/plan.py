@@ -1,15 +1,16 @@
 """`memqa plan`: what a params configuration costs before it runs: DVC stage instances, probe completions,
-generated tokens, SFT tokens, evaluation generations, disk, and device-hours per device kind.
+generated tokens, SFT tokens, evaluation generations, disk, and the run's wall-clock and device-hours on 1, 4
+and 8 devices of each kind.
 
-Counts follow the pipeline's rules (dvc.yaml's fan-out, the probe and split definitions); times come from the
-throughput table memqa/resources/throughput.yaml (measured on this project's CPU; an ESTIMATE for the H100).
-Nothing is loaded or run: `memqa plan --preset presets/paper.args --model-params 8.03e9 --device h100`.
+Counts follow the pipeline's rules (dvc.yaml's fan-out, the probe and split definitions); times are
+memqa.plan_time's model of the run, priced from memqa/resources/throughput.yaml (measured on this project's CPU;
+an ESTIMATE for the GPUs, each figure labelled). Nothing is loaded or run:
+`memqa plan --preset presets/paper-llama3-8b.args --devices 8`.
 """
 from __future__ import annotations
 
 import json
 import math
-import re
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +18,10 @@ import click
 import yaml
 
 from memqa import paths
-from memqa.config import PARAMS_FILE, Download, ModelSpec, Params, Sft, load_params
+from memqa.config import PARAMS_FILE, Download, ModelSpec, Params, load_params
 from memqa.errors import MemqaError
 from memqa.overrides import preset_overrides
+from memqa.plan_time import adapter_params, dtype_bytes, full_weights_bytes, rates, run_cost  # noqa: F401 (rates)
 
 PER_MODEL_STAGES = ("materialize", "probe", "split", "evaluate-base")
 SINGLE_STAGES = ("download", "summarize", "plot", "report")
@@ -106,24 +108,7 @@ def workload(params: Params, table: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-# --- disk and time -----------------------------------------------------------------------------------------------
-
-def full_weights_bytes(sft: Sft, device: dict[str, Any]) -> int:
-    """Bytes per parameter of saved full fine-tuning weights: the compute dtype (auto: bf16 on CUDA, fp32 on CPU)."""
-    name = sft.compute_dtype
-    if name == "auto":
-        return 2 if device["cuda"] else 4
-    return dtype_bytes(name)
-
-
-def adapter_params(n_params: float, sft: Sft, table: dict[str, Any]) -> float:
-    return n_params * table["workload"]["adapter_params_fraction_r16"] * sft.lora_r / 16
-
-
-def dtype_bytes(name: str) -> int:
-    """Bytes per value of a params dtype name: its bit width (bfloat16, float16: 2; float32: 4) over 8."""
-    return int(re.search(r"\d+$", name).group()) // 8
-
+# --- disk ---------------------------------------------------------------------------------------------------------
 
 def is_hub(source: str) -> bool:
     return not source.startswith("package:") and not Path(source).expanduser().exists() and "/" in source
@@ -149,61 +134,38 @@ def disk(params: Params, n_params: float, spec: ModelSpec, cells: int, device: d
             "dvc_cache_copy": materialised + kept}
 
 
-def rates(device: dict[str, Any]) -> dict[str, float]:
-    if "peak_bf16_flop_per_s" in device:
-        return {kind: device["peak_bf16_flop_per_s"] * mfu for kind, mfu in device["mfu"].items()}
-    return {"decode": device["decode_flop_per_s"], "prefill": device["prefill_flop_per_s"],
-            "train": device["train_flop_per_s"]}
-
-
-def hours(params: Params, work: dict[str, Any], n_params: float, spec: ModelSpec,
-          device: dict[str, Any], table: dict[str, Any]) -> dict[str, float]:
-    """Device-hours of one model's stages on one device of this kind, by part."""
-    rate, sft = rates(device), params.sft
-    full = sft.method == "full"
-    probe_s = (2 * n_params * work["probe"]["decode_tokens"] / rate["decode"]
-               + 2 * n_params * work["probe"]["prefill_tokens"] / rate["prefill"])
-    sft_s = (6 if full else 4) * n_params * work["sft"]["tokens"] / rate["train"]
-    if full:  # the fp32 AdamW step, memory-bound, once per optimizer step
-        sft_s += work["sft"]["steps"] * n_params * table["workload"]["optimizer_bytes_per_param"] / \
-            device["memory_bytes_per_s"]
-    eval_s = (2 * n_params * work["evaluate"]["decode_tokens"] / rate["decode"]
-              + 2 * n_params * work["evaluate"]["prefill_tokens"] / rate["prefill"])
-    base_bytes = n_params * dtype_bytes(spec.dtype)
-    trained_bytes = n_params * full_weights_bytes(sft, device) if full else base_bytes
-    cells = work["cells"]
-    moved = (2 * base_bytes            # materialize: read and write
-             + 2 * base_bytes          # probe, evaluate-base
-             + cells * base_bytes      # sft loads the base
-             + cells * (trained_bytes if full else 0)   # sft saves full weights
-             + cells * trained_bytes)  # evaluate loads them (adapters: the base)
-    instances = len(PER_MODEL_STAGES) + 2 * cells
-    overhead_s = moved / device["load_bytes_per_s"] + instances * device["stage_startup_s"]
-    parts = {"probe": probe_s / 3600, "sft": sft_s / 3600, "evaluate": eval_s / 3600, "loading": overhead_s / 3600}
-    return {**parts, "total": sum(parts.values())}
-
-
-def devices_for_training(n_params: float, params: Params, device: dict[str, Any],
-                         table: dict[str, Any]) -> int:
-    """Devices whose memory holds full fine-tuning's training state (FSDP shards it); 1 for adapters."""
-    if params.sft.method != "full":
-        return 1
-    state = n_params * table["workload"]["training_state_bytes_per_param"]
-    return max(1, math.ceil(state / (0.85 * device["memory_bytes"])))
-
-
-def model_sizes(params: Params, model_params: float | None) -> dict[str, tuple[float | None, str]]:
-    """Parameters per model: --model-params, else metrics/<model>/model.json (written by materialize)."""
-    sizes = {}
-    for name in params.models:
+def model_sizes(params: Params, model_params: float | None,
+                table: dict[str, Any] | None = None) -> dict[str, tuple[float | None, str]]:
+    """Parameters per model: --model-params, else metrics/<model>/model.json (written by materialize), else the
+    throughput table's count for the model's Hub id (the presets' models)."""
+    sizes, known = {}, (table or {}).get("models", {})
+    for name, spec in params.models.items():
         if model_params is not None:
             sizes[name] = (float(model_params), "--model-params")
         elif paths.model_info(name).is_file():
             info = json.loads(paths.model_info(name).read_text())
             sizes[name] = (float(info["parameters"]), str(paths.model_info(name)))
+        elif spec.source in known:
+            sizes[name] = (float(known[spec.source]), f"throughput.yaml models ({spec.source})")
         else:
             sizes[name] = (None, "unknown: pass --model-params")
     return sizes
+
+
+def gpu_counts(device: dict[str, Any], devices: int) -> list[int]:
+    """The device counts a kind is priced on: 1, 4, 8 and --devices for GPUs; 1 for a CPU machine."""
+    return sorted({1, 4, 8, devices}) if device["cuda"] else [1]
+
+
+def device_cost(params: Params, work: dict[str, Any], n_params: float, spec: ModelSpec, device: dict[str, Any],
+                table: dict[str, Any], devices: int) -> dict[str, Any]:
+    """One model on one device kind: disk, and the run on each device count; `hours`: device-hours by part of
+    the fewest devices that can run it (None if none can)."""
+    runs = {g: run_cost(params, work, n_params, spec, g, device, table) for g in gpu_counts(device, devices)}
+    first = next((r for r in runs.values() if "why" not in r), None)
+    hours = None if first is None else {**{k: v * first["gpus"] for k, v in first["wall_hours"].items()},
+                                        "devices": first["gpus"]}
+    return {"disk": disk(params, n_params, spec, work["cells"], device, table), "runs": runs, "hours": hours}
 
 
 def load_table(path: Path = paths.THROUGHPUT_FILE) -> dict[str, Any]:
@@ -211,8 +173,9 @@ def load_table(path: Path = paths.THROUGHPUT_FILE) -> dict[str, Any]:
 
 
 def plan(params: Params, sizes: dict[str, tuple[float | None, str]], table: dict[str, Any],
-         device_kinds: list[str] | None = None) -> dict[str, Any]:
-    """Everything `memqa plan` prints, as numbers: counts, work, and per model disk and hours per device kind."""
+         device_kinds: list[str] | None = None, devices: int = 1) -> dict[str, Any]:
+    """Everything `memqa plan` prints, as numbers: counts, work, and per model and device kind its disk and its
+    run on 1, 4, 8 and `devices` devices."""
     kinds = device_kinds or list(table["devices"])
     for kind in kinds:
         if kind not in table["devices"]:
@@ -220,15 +183,10 @@ def plan(params: Params, sizes: dict[str, tuple[float | None, str]], table: dict
     work = workload(params, table)
     models = {}
     for name, (n_params, source) in sizes.items():
-        spec = params.models[name]
         entry: dict[str, Any] = {"parameters": n_params, "parameters_from": source, "devices": {}}
         for kind in kinds:
-            device = table["devices"][kind]
-            entry["devices"][kind] = None if n_params is None else {
-                "hours": hours(params, work, n_params, spec, device, table),
-                "disk": disk(params, n_params, spec, work["cells"], device, table),
-                "devices_for_training": devices_for_training(n_params, params, device, table),
-            }
+            entry["devices"][kind] = None if n_params is None else device_cost(
+                params, work, n_params, params.models[name], table["devices"][kind], table, devices)
         models[name] = entry
     n_models = len(sizes)
     totals = {"probe_completions": n_models * work["probe"]["completions"],
@@ -237,24 +195,26 @@ def plan(params: Params, sizes: dict[str, tuple[float | None, str]], table: dict
               "sft_facts": n_models * work["sft"]["facts"], "sft_tokens": n_models * work["sft"]["tokens"],
               "sft_steps": n_models * work["sft"]["steps"],
               "evaluation_generations": n_models * work["evaluate"]["generations"]}
-    return {"stages": stage_counts(params), "work": work, "totals": totals, "models": models, "kinds": kinds}
+    return {"stages": stage_counts(params), "work": work, "totals": totals, "models": models, "kinds": kinds,
+            "devices": devices}
 
 
 @click.command("plan")
 @click.option("--params", "params_file", default=PARAMS_FILE, show_default=True, help="The params file.")
 @click.option("--preset", type=click.Path(exists=True, dir_okay=False),
-              help="A file of `-S key=value` overrides (presets/paper.args), applied in memory.")
+              help="A file of `-S key=value` overrides (presets/paper-llama3-8b.args), applied in memory.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="One more override; repeatable.")
 @click.option("--model-params", type=float, help="Parameters of every model (e.g. 8.03e9); default: "
-                                                 "metrics/<model>/model.json.")
+                                                 "metrics/<model>/model.json, else the Hub id's count.")
 @click.option("--device", "device_kinds", multiple=True,
               help="Device kind(s) of memqa/resources/throughput.yaml; default: all.")
 @click.option("--devices", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Devices working in parallel, for an ideal wall-clock time.")
+              help="GPUs the run launches each stage over ($MEMQA_ACCELERATE), priced beside 1, 4 and 8.")
 def command(params_file: str, preset: str | None, sets: tuple[str, ...], model_params: float | None,
             device_kinds: tuple[str, ...], devices: int) -> None:
     """Print what the configuration costs before running it: DVC stage instances, probe completions,
-    generated tokens, SFT tokens, evaluation generations, disk, and device-hours per device kind.
+    generated tokens, SFT tokens, evaluation generations, disk, and per device kind the run's wall-clock and
+    device-hours on 1, 4, 8 (and --devices) devices, each figure labelled measured, datasheet or ASSUMED.
 
     Not a DVC stage: it reads params (and a preset) and the throughput table, and runs nothing.
     """
@@ -263,7 +223,7 @@ def command(params_file: str, preset: str | None, sets: tuple[str, ...], model_p
     params = load_params(params_file, preset, sets)
     overrides = len(preset_overrides(preset) if preset else []) + len(sets)
     table = load_table()
-    result = plan(params, model_sizes(params, model_params), table, list(device_kinds) or None)
+    result = plan(params, model_sizes(params, model_params, table), table, list(device_kinds) or None, devices)
     source = params_file + (f" + {preset}" if preset else "") + (f" + {len(sets)} --set" if sets else "")
     click.echo(f"memqa plan: {source} ({overrides} overrides)")
-    click.echo(render(result, params, table, devices))
+    click.echo(render(result, params, table))

@@ -1,9 +1,11 @@
-"""`memqa plan`'s text: memqa.plan's numbers (counts, work, disk, device-hours) as the lines it prints."""
+"""`memqa plan`'s text: memqa.plan's numbers (counts, work, disk, runs on 1, 4, 8 devices) as the lines it prints."""
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
 from memqa.plan import PER_MODEL_STAGES, SINGLE_STAGES
+from memqa.plan_time import figure_labels
 
 if TYPE_CHECKING:
     from memqa.config import Params, Sft
@@ -62,55 +64,72 @@ def _grid_lines(result: dict[str, Any], params: Params, table: dict[str, Any]) -
     ]
 
 
-def _model_lines(name: str, entry: dict[str, Any], cost: dict[str, Any], cells: int, sft: Sft, kind: str,
-                 device: dict[str, Any], table: dict[str, Any]) -> list[str]:
-    """One model's device-hours and disk on one device kind, and whether its training state fits."""
-    h, d = cost["hours"], cost["disk"]
+def _figures_line(device: dict[str, Any]) -> str:
+    """Which of the kind's numbers are measured, datasheet figures or ASSUMED (with the ASSUMED values)."""
+    labels = figure_labels(device)
+
+    def value(key: str) -> str:
+        return _num(device["mfu"][key[4:]] if key.startswith("mfu.") else device[key])
+
+    assumed = ", ".join(f"{key} {value(key)}" for key in labels["ASSUMED"])
+    return (f"  figures: measured: {', '.join(labels['measured']) or 'none'}; datasheet: "
+            f"{', '.join(labels['datasheet']) or 'none'}; ASSUMED: {assumed or 'none'}")
+
+
+def _run_line(run: dict[str, Any], cells: int, steps: int, device: dict[str, Any], devices: int) -> str:
+    """One run on run['gpus'] devices: wall-clock and device-hours by part, or why it cannot run."""
+    unit = ("GPU" if device["cuda"] else "device") + ("s" if run["gpus"] > 1 else "")
+    head = f"    {run['gpus']} {unit}{' (--devices)' if run['gpus'] == devices else ''}: "
+    if "why" in run:
+        return head + f"cannot run: {run['why']}"
+    wall, step = run["wall_hours"], run["step_s"]
+    return (head + f"{wall['total']:,.1f} h wall-clock, {run['device_hours']:,.1f} device-hours: probe "
+            f"{wall['probe']:,.1f} h (engine {run['engines'][0]}), sft {wall['sft']:,.1f} h ({steps:,} steps x "
+            f"{sum(step.values()):.3g} s: compute {step['compute']:.2g}, AdamW {step['optimizer']:.2g}, collectives "
+            f"{step['collectives']:.2g}), launches {wall['launches']:,.1f} h ({cells} sft x "
+            f"{run['sft_launch_s']:,.0f} s start/load/save, {cells + 1} evaluate x {run['evaluate_launch_s']:,.0f} s"
+            f"), evaluate {wall['evaluate']:,.1f} h (engine {run['engines'][1]})")
+
+
+def _model_lines(name: str, entry: dict[str, Any], cost: dict[str, Any], work: dict[str, Any], sft: Sft,
+                 device: dict[str, Any], devices: int) -> list[str]:
+    """One model on one device kind: its disk, then its run on each device count."""
+    d, cells = cost["disk"], work["cells"]
     kept = "none kept" if sft.method == "full" and not sft.keep_weights else f"{cells} kept: {_bytes(d['cells_kept'])}"
-    lines = [f"  {name} ({_num(entry['parameters'])} parameters, from {entry['parameters_from']}): "
-             f"{h['total']:,.1f} device-hours (probe {h['probe']:,.1f}, sft {h['sft']:,.1f}, "
-             f"evaluate {h['evaluate']:,.1f}, loading {h['loading']:,.1f})",
+    lines = [f"  {name} ({_num(entry['parameters'])} parameters, from {entry['parameters_from']}):",
              f"    disk {_bytes(d['peak'])} at peak: materialised {_bytes(d['materialised'])}, "
              f"{'full weights' if sft.method == 'full' else 'adapter'} {_bytes(d['per_cell'])} per cell ({kept}"
              + (f"; one at a time in data/scratch: {_bytes(d['scratch_peak'])}" if d["scratch_peak"] else "") + ")"
              + (f", Hugging Face download cache {_bytes(d['hub_cache'])}" if d["hub_cache"] else "")
              + f"; the DVC cache's copies add {_bytes(d['dvc_cache_copy'])} (none with reflinks)"]
-    if cost["devices_for_training"] > 1:
-        per_param = table["workload"]["training_state_bytes_per_param"]
-        state = f"full fine-tuning state ({per_param} bytes/parameter, {_bytes(entry['parameters'] * per_param)})"
-        lines.append(f"    {state} does not fit one {kind}: FSDP over >= {cost['devices_for_training']} GPUs "
-                     "(configs/accelerate/fsdp.yaml)" if device["cuda"] else
-                     f"    {state} does not fit this machine's {_bytes(device['memory_bytes'])} of memory")
-    return lines
+    return lines + [_run_line(run, cells, work["sft"]["steps"], device, devices) for run in cost["runs"].values()]
 
 
-def _device_lines(kind: str, result: dict[str, Any], params: Params, table: dict[str, Any], devices: int) -> list[str]:
-    """Every model's cost on one device kind, their total, and the ideal wall-clock over `devices`."""
-    device, n_models = table["devices"][kind], len(result["models"])
-    lines = [f"{kind} [{device['status']}]: {device['summary']} (memqa/resources/throughput.yaml)"]
-    all_hours = all_disk = 0.0
-    known = True
+def _device_lines(kind: str, result: dict[str, Any], params: Params, table: dict[str, Any]) -> list[str]:
+    """Every model's cost on one device kind, and all models' together on each device count."""
+    device, devices = table["devices"][kind], result["devices"]
+    lines = [f"{kind} [{device['status']}]: {device['summary']} (memqa/resources/throughput.yaml)",
+             _figures_line(device)]
+    totals: dict[int, list[float]] = {}
     for name, entry in result["models"].items():
         cost = entry["devices"][kind]
         if cost is None:
             lines.append(f"  {name}: parameters {entry['parameters_from']}")
-            known = False
             continue
-        all_hours += cost["hours"]["total"]
-        all_disk += cost["disk"]["peak"]
-        lines += _model_lines(name, entry, cost, result["stages"]["sft"] // n_models, params.sft, kind, device, table)
-    if known and n_models > 1:
-        lines.append(f"  all {n_models} models: {all_hours:,.1f} device-hours, disk {_bytes(all_disk)}")
-    if known and devices > 1:
-        lines.append(f"  on {devices} devices: ~{all_hours / devices:,.1f} h wall-clock at best, with the work "
-                     "split into experiments run side by side (one `dvc exp run --temp` per device, docs/paper-scale.md"
-                     "); one `dvc repro` runs its stages one after another")
+        lines += _model_lines(name, entry, cost, result["work"], params.sft, device, devices)
+        for gpus, run in cost["runs"].items():
+            totals.setdefault(gpus, []).append(math.nan if "why" in run else run["wall_hours"]["total"])
+    if len(result["models"]) > 1:
+        lines += [f"  all {len(result['models'])} models, one run after another, on {gpus}: "
+                  + (f"{sum(hours):,.1f} h wall-clock, {sum(hours) * gpus:,.1f} device-hours"
+                     if not any(map(math.isnan, hours)) and len(hours) == len(result["models"]) else "cannot run")
+                  for gpus, hours in totals.items()]
     return lines
 
 
-def render(result: dict[str, Any], params: Params, table: dict[str, Any], devices: int = 1) -> str:
-    """The plan as `memqa plan` prints it: the grid and its work, then each device kind's hours and disk."""
+def render(result: dict[str, Any], params: Params, table: dict[str, Any]) -> str:
+    """The plan as `memqa plan` prints it: the grid and its work, then each device kind's figures, disk and runs."""
     lines = _grid_lines(result, params, table)
     for kind in result["kinds"]:
-        lines += _device_lines(kind, result, params, table, devices)
+        lines += _device_lines(kind, result, params, table)
     return "\n".join(lines)

@@ -4,6 +4,9 @@
     python stages/evaluate.py --model gemma3-270m --base                           # the 0-data baseline
     accelerate launch --config_file configs/accelerate/ddp.yaml --num_processes 4 stages/evaluate.py --model ... --base
     MEMQA_ACCELERATE="--config_file configs/accelerate/ddp.yaml --num_processes 4" dvc repro   # every evaluate
+    dvc exp run -S evaluate.engine=vllm        # greedy answers through vLLM (docs/probe.md, "Engines")
+
+vLLM spawns its engine core, which imports this script again: it works only under the `__main__` guard below.
 """
 from __future__ import annotations
 

@@ -3,10 +3,12 @@
     python stages/probe.py --model gemma3-270m
     dvc repro probe@gemma3-270m
     dvc exp run -S probe.method=sample -S probe.samples=10      # the paper's sampling protocol
+    dvc exp run -S probe.method=sample -S probe.engine=vllm     # the same through vLLM (docs/probe.md, "Engines")
     accelerate launch --config_file configs/accelerate/ddp.yaml --num_processes 8 stages/probe.py --model M
     MEMQA_ACCELERATE="--config_file configs/accelerate/ddp.yaml --num_processes 8" dvc repro   # every probe
 
 Shards go to data/cache/probe/<model>/<fingerprint>/; a killed run resumes from the shards it finished.
+vLLM spawns its engine core, which imports this script again: it works only under the `__main__` guard below.
 """
 from __future__ import annotations
 

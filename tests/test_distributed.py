@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from memqa.config import Sft
-from memqa.distributed import relaunch_command
+from memqa.distributed import PORT_OPTION, free_port, relaunch_command
 from memqa.errors import MemqaError
 from memqa.io import read_json, read_jsonl, write_jsonl
 from memqa.prompts import qa_prompt
@@ -69,14 +69,9 @@ def make_project(root: Path, model_dir: Path, sft: Sft) -> Path:
     return root
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def run(command: list[str], cwd: Path) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "HF_HOME": str(cwd / ".hf")}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "HF_HOME": str(cwd / ".hf"),
+           "CUDA_VISIBLE_DEVICES": ""}  # gloo CPU processes, also on a GPU machine (not both ranks on cuda:0)
     env.pop("MEMQA_ACCELERATE", None)
     done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
@@ -138,14 +133,23 @@ def test_batch_size_is_global_and_must_split_evenly():
         per_device_batch(8, 3, 1)
 
 
-def test_memqa_accelerate_relaunches_the_stage_under_accelerate_once():
+def test_memqa_accelerate_relaunches_the_stage_under_accelerate_once_on_a_free_port():
+    """Launches side by side (one `dvc exp run --temp` per GPU set) would all rendezvous on accelerate's 29500:
+    without a port in $MEMQA_ACCELERATE, the relaunch takes one that is free; a port given is kept."""
     argv = ["stages/sft.py", "--model", "m"]
     options = "--config_file configs/accelerate/fsdp.yaml --num_processes 8"
     assert relaunch_command(argv, {}) is None
     assert relaunch_command(argv, {"MEMQA_ACCELERATE": options, "LOCAL_RANK": "0"}) is None  # already launched
-    assert relaunch_command(argv, {"MEMQA_ACCELERATE": options}) == [
-        sys.executable, "-m", "accelerate.commands.launch", "--config_file", "configs/accelerate/fsdp.yaml",
-        "--num_processes", "8", *argv]
+    command = relaunch_command(argv, {"MEMQA_ACCELERATE": options})
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "configs/accelerate/fsdp.yaml",
+              "--num_processes", "8"]
+    assert command[:7] == launch and command[7] == PORT_OPTION and command[9:] == argv
+    port = int(command[8])
+    with socket.socket() as sock:  # free: it can be bound
+        sock.bind(("127.0.0.1", port))
+    assert port != 29500
+    given = relaunch_command(argv, {"MEMQA_ACCELERATE": options + " --main_process_port 29611"})
+    assert given == [*launch, "--main_process_port", "29611", *argv]
 
 
 @pytest.mark.parametrize("name", ["ddp", "fsdp"])

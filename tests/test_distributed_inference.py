@@ -18,12 +18,12 @@ import yaml
 
 from memqa import paths
 from memqa.config import Evaluate, Probe, Sft
+from memqa.distributed import free_port
 from memqa.evaluation import evaluate_cell
 from memqa.io import read_json, read_jsonl, write_json, write_jsonl
 from memqa.probe import run_probe, shard_plan
 from memqa.prompts import qa_prompt
 from tests import tiny
-from tests.test_distributed import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 HELPER = REPO / "tests" / "distributed_stage.py"
@@ -113,7 +113,8 @@ def make_project(root: Path, model_dir: Path, probe: dict) -> Path:
 def run(arguments: list[str], cwd: Path, processes: int = 1, relaunch: bool = False) -> None:
     """The stage through the recording helper: 1 process, `accelerate launch` of 2, or (relaunch) plain python
     with $MEMQA_ACCELERATE, as DVC runs it."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "HF_HOME": str(cwd / ".hf")}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "HF_HOME": str(cwd / ".hf"),
+           "CUDA_VISIBLE_DEVICES": ""}  # gloo CPU processes, also on a GPU machine (not both ranks on cuda:0)
     env.pop("MEMQA_ACCELERATE", None)
     launcher = ["--config_file", DDP, "--num_processes", str(processes), "--main_process_port", str(free_port())]
     command = [sys.executable, str(HELPER), *arguments]

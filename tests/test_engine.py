@@ -1,13 +1,16 @@
 """The engine's early stopping, batch compaction and per-completion random streams."""
+import itertools
+import random
 from unittest import mock
 
 import pytest
 import torch
 from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
-from memqa import engine
+from memqa import decoding, engine
 from memqa.config import Probe
-from memqa.engine import generate, generate_ids, gumbel_noise, row_key, sample_gumbel_max
+from memqa.decoding import RowTexts, gumbel_noise, row_key, sample_gumbel_max, settled_text
+from memqa.engine import generate, generate_ids
 from memqa.matching import contains, token_sequence
 from memqa.probe import answer_settled, score_facts
 from tests import tiny
@@ -197,5 +200,91 @@ def test_answer_settled_only_when_no_continuation_can_undo_the_match():
     assert not answer_settled(token_sequence, "Paris", ["Paris"])
 
 
+def test_row_texts_equal_the_full_decode_from_one_batched_decode_per_step(taught):
+    """Random tokens (byte tokens that split characters included): each row's incremental text is its whole
+    decode, step after step, from one decode call per step for all rows."""
+    tokenizer, rng = taught[1], random.Random(0)
+    rows = [[rng.randrange(len(tokenizer)) for _ in range(12)] for _ in range(6)]
+    texts, tokens = RowTexts(tokenizer, None, 6), [[] for _ in rows]
+    with mock.patch.object(tokenizer, "decode", wraps=tokenizer.decode) as decode:
+        for step in range(12):
+            for r, row in enumerate(rows):
+                tokens[r].append(row[step])
+            assert texts.update(list(range(6)), tokens) == [tokenizer.decode(t, skip_special_tokens=True)
+                                                            for t in tokens]
+    assert decode.call_count == 12 * (1 + 6)  # per step: the engine's one batched call (+ this test's six)
+
+
+def test_settled_text_begins_the_cleaned_text_of_every_continuation():
+    """transformers' clean_up_tokenization replaces in ten passes, and a later character can undo an earlier
+    replacement (" ' " + "," -> " '," keeps the space): settled_text is still a prefix of every longer cleanup."""
+    from transformers import PreTrainedTokenizerBase
+
+    def cleanup(text: str) -> str:
+        return PreTrainedTokenizerBase.clean_up_tokenization(None, text)
+
+    alphabet, rng = " .,?!'ntmsvreaP", random.Random(0)
+    heads = ["".join(c) for n in range(1, 5) for c in itertools.product(alphabet, repeat=n)]
+    heads += ["".join(rng.choice(alphabet) for _ in range(rng.randint(5, 10))) for _ in range(20000)]
+    tails = ["".join(c) for n in (1, 2) for c in itertools.product(alphabet, repeat=n)] + [" n't", " 've", " ' s"]
+    for head in heads:
+        settled = settled_text(head, cleanup)
+        assert all(cleanup(head + tail).startswith(settled) for tail in tails), head
+    assert settled_text("born in Paris", cleanup) == "born in Paris"  # a letter after a letter settles at once
+    assert settled_text("it ' ", cleanup) == "it"
+
+
+class _Favouring(torch.nn.Module):
+    """A model whose next-token logits favour the tokens of the given texts (+3), as a model does that writes
+    punctuation after a space."""
+
+    def __init__(self, model, tokenizer, texts: list[str]):
+        super().__init__()
+        self.model, self.generation_config = model, model.generation_config
+        self.bias = torch.zeros(model.config.vocab_size)
+        self.bias[[tokenizer.convert_tokens_to_ids(tokenizer.tokenize(t))[0] for t in texts]] = 3.0
+
+    def forward(self, **kwargs):
+        out = self.model(**kwargs)
+        out.logits = out.logits + self.bias
+        return out
+
+
+def test_a_tokenizer_that_cleans_up_spaces_stops_on_settled_text_only(taught):
+    """With clean_up_tokenization_spaces applied on decoding, a token prefix need not decode to a prefix of the
+    text ('do n' then "'t" gives "don't"): every text stop_when sees begins the full-length completion's text,
+    rows still stop early, and the texts cost one batched decode per step, not one decode per row and step."""
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=taught[1].backend_tokenizer, bos_token="<bos>",
+                                        eos_token="<eos>", pad_token="<pad>", unk_token="<unk>",
+                                        clean_up_tokenization_spaces=True,
+                                        clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output=True)
+    assert decoding.decode_cleanup(tokenizer) == tokenizer.clean_up_tokenization
+    model, seen = _Favouring(_model("gemma3", taught), tokenizer, [" ", ".", "'", "n", "t", "s", ","]), []
+    kwargs = {"max_new_tokens": 10, "num_samples": 4, "temperature": 1.0, "seed": 3, "batch_size": 20}
+    full = generate_ids(model, tokenizer, PROMPTS, **kwargs)
+    with mock.patch.object(tokenizer, "decode", wraps=tokenizer.decode) as decode:
+        stopped = generate_ids(model, tokenizer, PROMPTS, stop_when=lambda p, text: seen.append((p, text)) or
+                               len(text) > 12, **kwargs)
+    assert decode.call_count <= 2 + 10  # decode_cleanup's two, then one batched call per step (1 batch of 20 rows)
+    full_texts = [tokenizer.decode(row, skip_special_tokens=True) for rows in full for row in rows]
+    raw = [tokenizer.decode(row, clean_up_tokenization_spaces=False) for rows in full for row in rows]
+    assert sum(r != f for r, f in zip(raw, full_texts, strict=True)) >= 3  # the cleanup does change texts
+    assert seen and all(any(f.startswith(text) for f in full_texts[4 * p:4 * p + 4]) for p, text in seen)
+    assert sum(map(len, (r for rows in stopped for r in rows))) < sum(map(len, (r for rows in full for r in rows)))
+
+
 # Every assertion above on what training learned, for benchmarks/training_margins.py (fixture: build(seed)).
 MARGINS = [taught_rows_leave_the_batch_at_different_steps, early_stop_leaves_R]
+
+
+def test_the_probe_stops_at_the_answer_for_a_tokenizer_that_cleans_up_spaces():
+    """It once decoded every such completion to full length (Llama-3's tokenizer sets the flag)."""
+    from types import SimpleNamespace
+
+    from memqa.matching import contains
+    from memqa.probe.tracing import stop_at_answer
+
+    stop = stop_at_answer(SimpleNamespace(clean_up_tokenization_spaces=True), contains, lambda p: ["Paris"])
+    assert stop is not None and stop(0, " Paris is") and not stop(0, " Lyon")

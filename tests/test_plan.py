@@ -79,17 +79,51 @@ def test_disk_by_hand():
     assert lora["devices"]["h100"]["disk"]["per_cell"] == pytest.approx(1e9 * 0.0052 * 4)  # fp32 adapter, r 16
 
 
-def test_hours_follow_the_throughput_table():
+def test_a_run_is_priced_per_launch_and_per_step_by_hand():
+    """1e9 parameters on 4 H100s: per optimizer step compute over 4 GPUs, the sharded AdamW step and FSDP's
+    collectives (bf16 all-gather twice, fp32 reduce-scatter: 8 B/parameter, 3/4 of it per process); per sft
+    launch start, 4 processes loading fp32 weights, the gather onto the main process and the bf16 save."""
     table = load_table()
-    h100 = table["devices"]["h100"]
-    assert h100["status"] == "ESTIMATE" and table["devices"]["cpu-2core"]["status"] == "measured"
-    cost = plan(synthetic(), {"a": (1e9, "t"), "b": (1e9, "t")}, table)["models"]["a"]["devices"]["h100"]
-    sft_s = 144 * 2 * 24 * 6 * 1e9 / (989e12 * 0.10) + 48 * 1e9 * 28 / 3.35e12
-    assert cost["hours"]["sft"] == pytest.approx(sft_s / 3600)
-    assert cost["hours"]["total"] == pytest.approx(sum(v for k, v in cost["hours"].items() if k != "total"))
-    assert cost["devices_for_training"] == 1
-    big = plan(synthetic(), {"a": (8.03e9, "t"), "b": (8.03e9, "t")}, table)["models"]["a"]["devices"]["h100"]
-    assert big["devices_for_training"] == 2  # 16 bytes/parameter = 128 GB: FSDP over 2 H100s at least
+    h100, w = table["devices"]["h100"], table["workload"]
+    run = plan(synthetic(), {"a": (1e9, "t"), "b": (1e9, "t")}, table, ["h100"], 4)["models"]["a"]["devices"]["h100"]
+    four = run["runs"][4]
+    tokens_per_step = 144 * 2 * 24 / 48
+    assert four["step_s"]["compute"] == pytest.approx(6 * 1e9 * tokens_per_step / (4 * 989e12 * 0.10))
+    assert four["step_s"]["optimizer"] == pytest.approx(1e9 * 28 / 4 / 3.35e12)
+    assert four["step_s"]["collectives"] == pytest.approx(1e9 * 8 * 3 / 4 / h100["collective_bytes_per_s"])
+    load = 1e9 * 4 / h100["load_bytes_per_s"]  # 4 processes, load_concurrency 4: at once
+    save = 1e9 * 2 / h100["save_bytes_per_s"] + 1e9 * 4 / h100["gather_bytes_per_s"]
+    assert four["sft_launch_s"] == pytest.approx(h100["stage_startup_s"] + load + save)
+    assert four["wall_hours"]["sft"] == pytest.approx(48 * sum(four["step_s"].values()) / 3600)
+    assert four["device_hours"] == pytest.approx(4 * four["wall_hours"]["total"])
+    one = run["runs"][1]  # one GPU: no collectives, nothing to gather, 20 B/parameter fits 72 GB
+    assert one["step_s"]["collectives"] == 0 and w["training_state_bytes_per_param"] == 20
+    assert run["hours"]["devices"] == 1 and run["hours"]["total"] == pytest.approx(one["wall_hours"]["total"])
+
+
+def test_full_fine_tuning_that_does_not_fit_says_why():
+    table = load_table()
+    runs = plan(synthetic(), {"a": (8.03e9, "t"), "b": (8.03e9, "t")}, table, ["h100"], 3)["models"]["a"][
+        "devices"]["h100"]["runs"]
+    assert runs[1]["why"] == "sft: 20 B/parameter = 161 GB > 72 GB usable per device"
+    assert runs[3]["why"].startswith("sft: sft.batch_size 8 does not split over 3 GPUs")
+    assert "why" not in runs[4] and "why" not in runs[8]
+    seventy = plan(synthetic(), {"a": (7.06e10, "t"), "b": (7.06e10, "t")}, table, ["h100"], 8)["models"]["a"]
+    assert seventy["devices"]["h100"]["runs"][8]["why"] == ("probe: 282 GB of weights do not fit one device: set "
+                                                             "engine vllm with tensor_parallel_size")  # fp32 probe
+    params = load_params(REPO / "params.yaml", REPO / "presets" / "paper-llama3-70b.args")  # vLLM TP 8: probe fits
+    runs = plan(params, model_sizes(params, None, table), table, ["h100"], 8)["models"]["llama3-70b"]["devices"][
+        "h100"]["runs"]
+    assert runs[8]["why"] == ("sft: FSDP: the fp32 model each process loads, or 16 B/parameter / 8 = 282 GB > 72 GB "
+                              "usable per device")
+
+
+def test_the_paper_step_on_8_gpus_is_bound_by_its_collectives():
+    params = load_params(REPO / "params.yaml", REPO / "presets" / "paper-llama3-8b.args")
+    table = load_table()
+    step = plan(params, model_sizes(params, None, table), table, ["h100"], 8)["models"]["llama3-8b"]["devices"][
+        "h100"]["runs"][8]["step_s"]
+    assert step["collectives"] > 10 * (step["compute"] + step["optimizer"])
 
 
 def test_preset_overrides_apply_in_memory_and_set_comes_last():
@@ -108,21 +142,41 @@ def test_preset_overrides_apply_in_memory_and_set_comes_last():
         load_params(REPO / "params.yaml", sets=("sft.method",))
 
 
-def test_model_size_comes_from_model_json_or_the_option(tmp_path, monkeypatch):
+def test_model_size_comes_from_model_json_the_option_or_the_hub_id(tmp_path, monkeypatch):
     (tmp_path / "metrics" / "a").mkdir(parents=True)
     (tmp_path / "metrics" / "a" / "model.json").write_text('{"parameters": 1234}')
     monkeypatch.chdir(tmp_path)
     assert model_sizes(synthetic(), None) == {"a": (1234.0, "metrics/a/model.json"),
                                              "b": (None, "unknown: pass --model-params")}
+    assert model_sizes(synthetic(), None, load_table())["b"] == (
+        8030261248.0, "throughput.yaml models (meta-llama/Meta-Llama-3-8B)")
     assert model_sizes(synthetic(), 8e9)["b"] == (8e9, "--model-params")
 
 
-def test_plan_command_prints_the_paper_protocol_on_an_h100():
-    result = CliRunner().invoke(main, ["plan", "--preset", "presets/paper.args", "--model-params", "8.03e9",
+def test_plan_command_prints_the_llama3_8b_paper_run_on_8_gpus_with_its_figures_labelled():
+    result = CliRunner().invoke(main, ["plan", "--preset", "presets/paper-llama3-8b.args", "--devices", "8",
                                        "--device", "h100"])
     assert result.exit_code == 0, result.output
     assert "h100 [ESTIMATE]" in result.output and "cpu-2core" not in result.output
-    assert "probe completions: " in result.output and "FSDP over >= 2 GPUs" in result.output
+    assert "probe completions: 20,393,520" in result.output and "from throughput.yaml models" in result.output
+    assert "1 GPU: cannot run: sft: 20 B/parameter" in result.output and "8 GPUs (--devices): " in result.output
+    assert "figures: measured: none; datasheet: peak_bf16_flop_per_s" in result.output
+    assert "ASSUMED: collective_bytes_per_s 150G" in result.output and "mfu.decode_vllm 0.35" in result.output
+
+
+@pytest.mark.parametrize("model", ["llama2-7b", "llama2-13b", "llama2-70b", "llama3-8b", "llama3-70b"])
+def test_paper_model_presets_are_the_paper_protocol_plus_one_hub_model(model):
+    preset = REPO / "presets" / f"paper-{model}.args"
+    protocol = preset_overrides(REPO / "presets" / "paper.args")
+    assert preset_overrides(preset)[:len(protocol)] == protocol
+    params = load_params(REPO / "params.yaml", preset)
+    assert list(params.models) == [model] and params.models[model].dtype == "bfloat16"
+    assert params.models[model].source in load_table()["models"]
+    seventy = model.endswith("70b")
+    for section in (params.probe, params.evaluate):
+        assert (section.engine, section.tensor_parallel_size) == (("vllm", 8) if seventy else ("hf", 1))
+    result = CliRunner().invoke(main, ["plan", "--preset", str(preset), "--devices", "8", "--device", "h100"])
+    assert result.exit_code == 0 and "8 GPUs (--devices): " in result.output, result.output
 
 
 def test_plan_command_without_model_sizes_still_counts(tmp_path, monkeypatch):

@@ -53,13 +53,19 @@ def sample(model, tokenizer, prompts: Prompts, conf: Probe, seed: int) -> list[d
 
     A completion stops as soon as it contains a gold answer (tracing.stop_at_answer): later tokens could not
     change whether it counts, so R is the same as from full-length completions, at a fraction of the decoding.
-    Saved completions (save_completions) are therefore cut where the answer was found.
+    Saved completions (save_completions) are therefore cut where the answer was found; with probe.engine vllm
+    (memqa.vllm_engine.sample) they run to EOS or max_new_tokens, and R is the same.
     """
     matcher = get_matcher(conf.matcher)
     samples = 1 if conf.temperature == 0 else conf.samples
-    completions = engine.generate(model, tokenizer, prompts.texts, max_new_tokens=conf.max_new_tokens,
-                                  num_samples=samples, temperature=conf.temperature, batch_size=conf.batch_size,
-                                  seed=seed, stop_when=stop_at_answer(tokenizer, matcher, prompts.answers))
+    if conf.engine == "vllm":  # model: vLLM's LLM (run_probe); completions to EOS or max_new_tokens
+        from memqa import vllm_engine
+
+        completions = vllm_engine.sample(model, tokenizer, prompts.texts, conf, seed)
+    else:
+        completions = engine.generate(model, tokenizer, prompts.texts, max_new_tokens=conf.max_new_tokens,
+                                      num_samples=samples, temperature=conf.temperature, batch_size=conf.batch_size,
+                                      seed=seed, stop_when=stop_at_answer(tokenizer, matcher, prompts.answers))
     rows = []
     for f, fact in enumerate(prompts.facts):
         mine = completions[prompts.of_fact(f)]

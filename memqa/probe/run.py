@@ -61,22 +61,28 @@ def run_probe(model_name: str, conf: Probe, facts: list[dict], model_dir: Path, 
 
     Shards go to cache_root/<model>/<fingerprint>/<method>/. Data parallel under `accelerate launch`
     (probe_sharded): every process returns the whole, one-process result; only the main process should write it."""
+    from memqa import vllm_engine
     from memqa.distributed import process_state
     from memqa.models import load_model
 
     estimator(conf.method)  # an unknown method fails before the model loads
+    vllm_engine.check(conf, "probe")  # so does engine vllm without vLLM, or with the crosscheck
     facts = [f for f in facts if probe_group(f)]
     if not facts:
         raise MemqaError(f"{facts_path} holds no train or test facts: check download.per_relation")
     started = time.time()
     state = process_state()  # under `accelerate launch`: this process's share of the shards, on its own device
-    model, tokenizer = load_model(model_dir, conf.dtype, on=state.device)
+    if conf.engine == "vllm":  # the sample method only (memqa.config.Probe); the LLM stands in for the model
+        model, tokenizer = vllm_engine.load(model_dir, conf.dtype, conf)
+    else:
+        model, tokenizer = load_model(model_dir, conf.dtype, on=state.device)
     key = fingerprint(conf, model_dir, facts_path, templates_path, memo=cache_root / model_name / WEIGHTS_MEMO,
                       accepted=[f["answers"] for f in facts])
     shard_dir = cache_root / model_name / key
     rows, reused = probe_sharded(model, tokenizer, facts, conf, shard_dir / conf.method, desc=f"probe {model_name}")
     add_levels(rows, conf)
     metrics = probe_metrics(rows, conf, len(shard_plan(facts, conf.chunk_size)), reused, state.num_processes)
+    metrics["engine"] = vllm_engine.engine_record(conf)
     if conf.crosscheck_facts > 0:
         metrics["crosscheck"] = crosscheck(model, tokenizer, facts, rows, conf, shard_dir)
     metrics["wall_s"] = round(time.time() - started, 3)  # the stage's time, shards reused or not

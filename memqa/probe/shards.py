@@ -10,6 +10,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from memqa import vllm_engine
 from memqa.config import Probe
 from memqa.errors import MemqaError
 from memqa.io import read_jsonl, sha256_of, write_jsonl
@@ -24,6 +25,8 @@ _MEMQA = Path(__file__).resolve().parents[1]
 # IO) must not.
 SCORING_CODE = (*(_MEMQA / f"{name}.py" for name in ("engine", "matching", "models", "prompts", "teacher_forcing")),
                 *sorted((_MEMQA / "probe").glob("*.py")))
+# engine vllm's scoring code besides (memqa.vllm_engine); its version enters the key too
+VLLM_CODE = _MEMQA / "vllm_engine.py"
 # A weight file whose modification time is this close to the moment it is digested may still be being written:
 # its digest is not remembered (git's "racily clean" rule), so the next run reads the file again.
 _SETTLED_NS = 2_000_000_000
@@ -66,18 +69,25 @@ def fingerprint(conf: Probe, model_dir: Path, facts_path: Path, templates_path: 
     answers the matcher accepts per fact (accepted: the gold answers with matching.synonyms applied).
 
     Shards of another fingerprint are never mixed in. The weights enter through the digest of the weight files
-    (weights_digest; memo: where it remembers them), so a model folder retrained in place gets a new key.
+    (weights_digest; memo: where it remembers them), so a model folder retrained in place gets a new key. The
+    engine is part of the params; engine vllm adds vLLM's version and memqa/vllm_engine.py.
     """
     relevant = conf.model_dump(exclude={"level_bounds", "crosscheck_facts"})
     for name, other in estimators.ESTIMATORS.items():
         if name != conf.method:  # another method's own params do not change this one's scores
             for key in other.own_params:
                 relevant.pop(key, None)
-    if conf.temperature == 0:
-        relevant.pop("batch_size", None)  # greedy results do not depend on it
+    if conf.temperature == 0 or conf.engine == "vllm":
+        relevant.pop("batch_size", None)  # greedy results do not depend on it; vLLM batches as it will
+    code = SCORING_CODE
+    if conf.engine == "vllm":  # another engine, other results: its version and code decide them too
+        relevant["vllm_version"], code = vllm_engine.version(), (*SCORING_CODE, VLLM_CODE)
+    else:
+        relevant.pop("tensor_parallel_size", None)  # vLLM's (1 with engine hf: vllm_engine.check)
+        relevant.pop("data_parallel_size", None)
     digest = hashlib.sha256(json.dumps([relevant, weights_digest(model_dir, memo), list(accepted)],
                                        sort_keys=True).encode())
-    for path in (model_dir / "config.json", facts_path, templates_path, PUBLISHED_TEMPLATES_FILE, *SCORING_CODE):
+    for path in (model_dir / "config.json", facts_path, templates_path, PUBLISHED_TEMPLATES_FILE, *code):
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
 

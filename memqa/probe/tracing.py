@@ -34,10 +34,8 @@ def answer_settled(matcher, text: str, answers: list[str]) -> bool:
 
 def stop_at_answer(tokenizer, matcher, answers_of):
     """The decode loop's stop_when for the probe: a completion of prompt p ends once its text contains one of
-    answers_of(p) for good (answer_settled); None (decode to full length) for a tokenizer that cleans up spaces
-    on decoding, whose prefix of tokens need not decode to a prefix of the text."""
-    if getattr(tokenizer, "clean_up_tokenization_spaces", False):
-        return None
+    answers_of(p) for good (answer_settled). A tokenizer that cleans up spaces on decoding (Llama-3's) stops too:
+    the engine shows stop_when only text no later token can change (memqa.decoding)."""
     return lambda p, text: answer_settled(matcher, text, answers_of(p))
 
 
