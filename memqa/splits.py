@@ -101,7 +101,9 @@ def _training_sets(conf: Split, train: list[dict]) -> tuple[dict[str, list[dict]
     train_sets, cells = {}, []
     for level in conf.levels:
         pool = pools[level]
-        compared = list(counts.values()) if conf.relation_mix == "matched" else [counts[level]]
+        # an empty level trains nothing (its cells are skipped), so it does not set the mix of the others
+        compared = ([c for c in counts.values() if c] or [counts[level]]) if conf.relation_mix == "matched" \
+            else [counts[level]]
         for size in conf.sizes:
             wanted = None if size_label(size) == "all" else int(size)
             quota = relation_quota(compared, wanted)

@@ -72,6 +72,13 @@ def test_relation_quota_is_even_and_capped_by_the_scarcest_pool():
     assert relation_quota(pools, None) == {"P17": 40, "P36": 1}
 
 
+def test_an_empty_training_level_does_not_empty_the_matched_sets_of_the_others():
+    facts, scores = _pools()
+    train_sets, _, metrics = build_splits(Split(levels=[0, 1, 3], sizes=[20], seeds=[0]), facts, scores, 4)
+    assert len(train_sets[paths.cell_name(0, 20, 0)]) == 20 and train_sets[paths.cell_name(3, 20, 0)] == []
+    assert [c["skipped"] for c in metrics["cells"]] == [False, False, True]
+
+
 def test_seeds_draw_disjoint_training_sets_where_the_pool_allows():
     pool = [{"fact_id": f"P17/{i}", "relation": "P17"} for i in range(30)]
     sets = [{f["fact_id"] for f in seed_draw(pool, {"P17": 10}, block, 0, seed)} for block, seed in enumerate(SEEDS)]
