@@ -179,19 +179,19 @@ def sft_check(work: Path, shape: dict, reruns: int) -> dict[str, Any]:
     return result
 
 
+def _timed(generate, model, tok, prompts, **kwargs) -> dict[str, float]:
+    began = sync()
+    ids = generate(model, tok, prompts, **kwargs)
+    seconds = sync() - began
+    tokens = sum(len(row) for rows in ids for row in rows)
+    return {"seconds": seconds, "completions_per_s": sum(map(len, ids)) / seconds, "tokens_per_s": tokens / seconds}
+
+
 def timed_generate(model, tok, prompts, **kwargs) -> dict[str, float]:
     from memqa.engine import generate_ids
 
-    began = sync()
-    ids = generate_ids(model, tok, prompts, **kwargs)
-    seconds = sync() - began
-    tokens = sum(len(row) for rows in ids for row in rows)
-    return {"seconds": seconds, "completions_per_s": sum(map(len, ids)) / seconds, "tokens_per_s": tokens / seconds}
+    return _timed(generate_ids, model, tok, prompts, **kwargs)
 
 
 def timed_hf(model, tok, prompts, **kwargs) -> dict[str, float]:
-    began = sync()
-    ids = hf_generate(model, tok, prompts, **kwargs)
-    seconds = sync() - began
-    tokens = sum(len(row) for rows in ids for row in rows)
-    return {"seconds": seconds, "completions_per_s": sum(map(len, ids)) / seconds, "tokens_per_s": tokens / seconds}
+    return _timed(hf_generate, model, tok, prompts, **kwargs)

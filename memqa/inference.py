@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats as sps
 
+from memqa import stats
 from memqa.stats import CONFIDENCE
 
 ALPHA = 1 - CONFIDENCE  # the family-wise error rate Holm's adjustment holds
@@ -108,22 +109,16 @@ def components(c: Contrast) -> Components:
 
 
 @dataclass(frozen=True)
-class Estimate:
+class Estimate(stats.Estimate):
     """A claim's effect with its 95% t interval and the two-sided p-value against its threshold."""
 
-    value: float
-    low: float
-    high: float
-    facts: int
-    seeds: int
     se: float = float("nan")
     df: float = float("nan")
     p: float = float("nan")  # H0: effect == threshold
     parts: Components | None = None
 
     def as_dict(self) -> dict:
-        out = {"value": round(self.value, 2), "low": round(self.low, 2), "high": round(self.high, 2),
-               "facts": self.facts, "seeds": self.seeds, "se": round(self.se, 3), "df": round(self.df, 1),
+        out = {**super().as_dict(), "se": round(self.se, 3), "df": round(self.df, 1),
                "p": None if np.isnan(self.p) else float(f"{self.p:.4g}")}
         if self.parts is not None:
             out["variance"] = {"seed": round(self.parts.seed, 4), "fact": round(self.parts.fact, 4),
