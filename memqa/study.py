@@ -1,6 +1,6 @@
-"""The study model the grid and the verdicts read: the current params' evaluated cells, each training level's
-relations, and per model and test domain a `Study` (the test facts and each cell group's correctness matrix over
-them, in the same fact order, so comparisons are paired over facts)."""
+"""The study model the grid and the verdicts read: the current params' evaluated cells, and per model and test
+domain a `Study` (the test facts and each cell group's correctness matrix over them, in the same fact order, so
+comparisons are paired over facts)."""
 from __future__ import annotations
 
 import json
@@ -27,7 +27,6 @@ class Study:
     relations: np.ndarray  # relation per test fact
     n_levels: int
     cells: dict[tuple[int, str], np.ndarray] = field(default_factory=dict)  # (train level, size) -> [seeds x facts]
-    train_relations: dict[int, set[str]] = field(default_factory=dict)  # train level -> relations it trained on
     base: np.ndarray | None = None  # the untrained model's correctness [1 x facts]
     train_facts: dict[tuple[str, str], list[float]] = field(default_factory=dict)  # (level or base, size) -> per seed
     seeds: dict[tuple[int, str], list[int]] = field(default_factory=dict)  # (level, size) -> each row's seed
@@ -48,18 +47,13 @@ class Study:
                     rows.setdefault(seed, []).append(row)
         return {seed: np.mean(r, axis=0) for seed, r in sorted(rows.items())}
 
-    def pooled(self, train_level: int) -> np.ndarray | None:
-        """Every size and seed of a training level, stacked: the level's aggregate."""
-        rows = [m for (level, _), m in sorted(self.cells.items()) if level == train_level]
-        return np.vstack(rows) if rows else None
-
     def subset(self, mask: np.ndarray) -> Study:
         """The same study on the test facts the mask keeps."""
         def pick(values: np.ndarray | None) -> np.ndarray | None:
             return None if values is None else values[mask]
 
         return Study(self.model, self.domain, self.levels[mask], self.relations[mask], self.n_levels,
-                     {k: m[:, mask] for k, m in self.cells.items()}, self.train_relations,
+                     {k: m[:, mask] for k, m in self.cells.items()},
                      None if self.base is None else self.base[:, mask], self.train_facts, self.seeds,
                      pick(self.fact_ids), pick(self.echo))
 
@@ -105,17 +99,6 @@ def read_cells(metrics_root: Path, eval_root: Path, cells: list[dict]) -> list[d
     return found
 
 
-def training_relations(cells: list[dict]) -> dict[str, dict[int, set[str]]]:
-    """model -> training level -> the relations its training sets (every size and seed) hold."""
-    out: dict[str, dict[int, set[str]]] = {}
-    for cell in cells:
-        if cell["cell"] != "base":
-            rows = read_jsonl(paths.train_set(cell["model"], cell["cell"]))
-            out.setdefault(cell["model"], {}).setdefault(int(cell["train_level"]), set()).update(
-                r["relation"] for r in rows)
-    return out
-
-
 def _correctness(cell: dict, order: dict[str, int]) -> np.ndarray:
     """A cell's correctness over the study's test facts, in their order."""
     row = np.zeros(len(order))
@@ -132,11 +115,10 @@ def _echo(facts: list[dict]) -> np.ndarray | None:
     return np.array([gold_in_subject({**p, "answers": p["gold"]}) for p in facts], dtype=bool)
 
 
-def _study(model: str, domain: str, facts: list[dict], mine: list[dict], n_levels: int,
-           train_relations: dict[int, set[str]]) -> Study:
+def _study(model: str, domain: str, facts: list[dict], mine: list[dict], n_levels: int) -> Study:
     order = {p["fact_id"]: i for i, p in enumerate(facts)}
     study = Study(model, domain, np.array([p["level"] for p in facts]), np.array([p["relation"] for p in facts]),
-                  n_levels, train_relations=train_relations, fact_ids=np.array([p["fact_id"] for p in facts]),
+                  n_levels, fact_ids=np.array([p["fact_id"] for p in facts]),
                   echo=_echo(facts))
     groups: dict[tuple[str, str], list[np.ndarray]] = {}
     for cell in mine:
@@ -150,7 +132,7 @@ def _study(model: str, domain: str, facts: list[dict], mine: list[dict], n_level
     return study
 
 
-def studies(cells: list[dict], train_relations: dict[str, dict[int, set[str]]], n_levels: int) -> list[Study]:
+def studies(cells: list[dict], n_levels: int) -> list[Study]:
     """Per model and domain: the test facts (in the base's order) and each cell group's correctness matrix."""
     out = []
     for model in dict.fromkeys(c["model"] for c in cells):
@@ -159,11 +141,11 @@ def studies(cells: list[dict], train_relations: dict[str, dict[int, set[str]]], 
         for domain in DOMAINS:
             facts = [p for p in base["predictions"] if p["domain"] == domain]
             if facts:
-                out.append(_study(model, domain, facts, mine, n_levels, train_relations.get(model, {})))
+                out.append(_study(model, domain, facts, mine, n_levels))
     return out
 
 
 def load_studies(params: Params, metrics_root: Path = paths.METRICS, eval_root: Path = paths.EVAL_DATA) -> list[Study]:
     """The studies of the current params' cells (models x split.levels x sizes x seeds and each base)."""
     cells = read_cells(metrics_root, eval_root, current_cells(list(params.models), params.split))
-    return studies(cells, training_relations(cells), params.probe.n_levels)
+    return studies(cells, params.probe.n_levels)

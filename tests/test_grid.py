@@ -42,7 +42,7 @@ def test_grid_reads_exactly_the_current_cells_not_leftovers(tmp_path):
         _write_cell(tmp_path, tmp_path / "predictions", "m", cell, _one_fact(cell != "L0-n4-s1"))
     cells = read_cells(tmp_path, tmp_path / "predictions", current_cells(["m"], CURRENT))
     assert [c["cell"] for c in cells] == ["base", "L0-n4-s0"]
-    rows = grid_rows(studies(cells, {}, 1), _report())
+    rows = grid_rows(studies(cells, 1), _report())
     assert [(r["train_level"], r["seeds"], r["headline"]) for r in rows] == [("base", 1, 100.0), ("0", 1, 100.0)]
 
 
@@ -56,7 +56,7 @@ def test_grid_leaves_the_headline_empty_not_nan_when_no_level_has_enough_facts(t
     for cell in ("base", "L0-n4-s0"):
         _write_cell(tmp_path, tmp_path / "predictions", "m", cell, _one_fact(True))
     cells = read_cells(tmp_path, tmp_path / "predictions", current_cells(["m"], CURRENT))
-    rows = grid_rows(studies(cells, {}, 1), _report(min_facts=2))  # one test fact: too few
+    rows = grid_rows(studies(cells, 1), _report(min_facts=2))  # one test fact: too few
     assert all(r[key] is None for r in rows for key in ("headline", "headline_low", "headline_high"))
     assert rows[0]["L0"] == 100.0  # the level's own accuracy is still there
 
@@ -67,7 +67,7 @@ def test_grid_train_facts_is_the_mean_over_the_groups_seeds(tmp_path):
     for seed, facts in ((0, 4), (1, 3)):  # a short pool: seed 1's training set holds one fact less
         _write_cell(tmp_path, tmp_path / "predictions", "m", f"L0-n4-s{seed}", _one_fact(True), train_facts=facts)
     cells = read_cells(tmp_path, tmp_path / "predictions", current_cells(["m"], split))
-    assert [r["train_facts"] for r in grid_rows(studies(cells, {}, 1), _report())] == [0.0, 3.5]
+    assert [r["train_facts"] for r in grid_rows(studies(cells, 1), _report())] == [0.0, 3.5]
 
 
 def test_cell_metrics_and_grid_leave_out_the_same_thin_levels_of_the_headline(tmp_path):
@@ -78,7 +78,7 @@ def test_cell_metrics_and_grid_leave_out_the_same_thin_levels_of_the_headline(tm
     for cell in ("base", "L0-n4-s0"):
         _write_cell(tmp_path, tmp_path / "predictions", "m", cell, facts)
     cells = read_cells(tmp_path, tmp_path / "predictions", current_cells(["m"], CURRENT))
-    row = grid_rows(studies(cells, {}, 4), _report(min_facts=2))[1]
+    row = grid_rows(studies(cells, 4), _report(min_facts=2))[1]
     metrics = accuracy_metrics(facts, 4, min_facts=2)["id"]
     assert row["headline"] == metrics["headline"] == 62.5  # (75 + 50) / 2: level 1's one fact left out
     assert row["levels_left_out"] == " ".join(map(str, metrics["levels_left_out"])) == "1 2"

@@ -92,7 +92,6 @@ def _study(n_facts: int, accuracy, sizes=("60", "240"), train_levels=(0, 1, 2), 
         for size in sizes:
             p = np.array([accuracy(level, size, t) for t in levels])
             study.cells[(level, size)] = _correct(p, seeds, len(levels))
-        study.train_relations[level] = {"P17", "P36"}
     return study
 
 
