@@ -23,6 +23,16 @@
    GFLOPs, measured by memqa.meter.ComputeMeter) relative to sampling. Writes
    benchmarks/results/probe_crosscheck-<model>.json (facts, sampled completions, every score, the analysis)
    and benchmarks/results/probe_crosscheck-<model>.png (each estimator against sampling's R).
+5. Population: the strata oversample high scores, so a plain kappa describes the sample, not the facts the
+   default probe labels (most at level 0). Every probed fact of data/facts.jsonl is scored by likelihood too
+   (cached in chunks of 100; ~0.65 s a fact for Gemma on 2 threads, ~13 min for the default facts), placed in
+   the strata by that score, and each sampled fact weighted by its stratum's population over sampled count
+   (memqa.agreement): "population_report" holds the weighted kappa with a bootstrap interval, for all probed
+   facts and for the in-domain train pool. "chosen_on_fit" picks the estimator by its raw levels' weighted
+   kappa on FIT alone (ties: fewer GFLOPs) and reports its REPORT agreement, so the choice never sees REPORT.
+   "likelihood_screen": a cut at half the lowest likelihood among FIT facts above level 0, for sending only
+   the facts that could be above level 0 to a costlier estimator; its weighted miss rate on REPORT and the
+   population share it sends on.
 """
 from __future__ import annotations
 
@@ -41,7 +51,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from memqa.agreement import assign, population_weights, stratum_bounds, weighted_kappa_interval
+from memqa.agreement import kappa as agreement_kappa
 from memqa.config import Probe, load_params, with_preset
+from memqa.errors import MemqaError
 from memqa.io import read_jsonl
 from memqa.memory import memory_level, probe_group, resolution
 from memqa.meter import ComputeMeter
@@ -78,6 +91,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--pool", type=int, default=250, help="candidate facts scored by likelihood to stratify")
     parser.add_argument("--chunk", type=int, default=5, help="facts per cached chunk")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--strata", type=int, default=STRATA,
+                        help="likelihood strata the facts are drawn from (each needs >= 2 facts per half to weight)")
     parser.add_argument("--dtype", default=None,
                         help="default: the first run's (data/cache/crosscheck/<model>/setup-*-params.json), else "
                         "probe.dtype of params.yaml; naming one starts a separate run, even when it equals that")
@@ -109,9 +124,28 @@ def chunk_seed(seed: int, run: str, chunk: int) -> int:
     return int(hashlib.sha256(f"{seed}/{run}/{chunk}".encode()).hexdigest()[:8], 16)
 
 
-def score_pool(model, tokenizer, facts: list[dict], conf: Probe, args, cache: Path) -> dict[str, float]:
-    """Likelihood scores of a seeded pool of in-domain train facts, equally many per relation."""
-    rng = random.Random(args.seed)
+def score_population(model, tokenizer, facts: list[dict], conf: Probe, cache: Path) -> dict[str, float]:
+    """Likelihood scores of every fact the default probe labels (data/facts.jsonl's probe groups: in-domain train,
+    in- and out-of-domain test), in cached chunks of 100: the population the agreement is weighted to."""
+    facts = [f for f in facts if probe_group(f)]
+    folder = cache / f"population-{digest([[f['fact_id'] for f in facts], conf.model_dump()])}"
+    folder.mkdir(parents=True, exist_ok=True)
+    scores: dict[str, float] = {}
+    for c in range(0, len(facts), 100):
+        path = folder / f"{c // 100:04d}.json"
+        if not path.is_file():
+            started = time.time()
+            rows = score_facts(model, tokenizer, facts[c:c + 100], conf, "likelihood", seed=0)
+            path.write_text(json.dumps({r["fact_id"]: r["score"] for r in rows}))
+            print(f"population: facts {c + 1}-{c + len(rows)} of {len(facts)} scored by likelihood in "
+                  f"{time.time() - started:.0f} s", flush=True)
+        scores.update(json.loads(path.read_text()))
+    return scores
+
+
+def pick_pool(facts: list[dict], size: int, seed: int) -> list[str]:
+    """A seeded pool of in-domain train facts, equally many per relation."""
+    rng = random.Random(seed)
     by_relation: dict[str, list[dict]] = {}
     for fact in facts:
         if probe_group(fact) == "train":
@@ -119,27 +153,23 @@ def score_pool(model, tokenizer, facts: list[dict], conf: Probe, args, cache: Pa
     for rows in by_relation.values():
         rng.shuffle(rows)
     pool, k = [], 0
-    while len(pool) < args.pool and any(k < len(rows) for rows in by_relation.values()):
-        pool += [rows[k] for _, rows in sorted(by_relation.items()) if k < len(rows)]
+    while len(pool) < size and any(k < len(rows) for rows in by_relation.values()):
+        pool += [rows[k]["fact_id"] for _, rows in sorted(by_relation.items()) if k < len(rows)]
         k += 1
-    pool = pool[:args.pool]
-    path = cache / f"pool-{digest([[f['fact_id'] for f in pool], conf.model_dump()])}.json"
-    if path.is_file():
-        return json.loads(path.read_text())
-    started = time.time()
-    rows = score_facts(model, tokenizer, pool, conf, "likelihood", seed=0)
-    scores = {r["fact_id"]: r["score"] for r in rows}
-    path.write_text(json.dumps(scores))
-    print(f"pool: {len(pool)} facts scored by likelihood in {time.time() - started:.0f} s", flush=True)
-    return scores
+    return pool[:size]
 
 
-def select(pool: dict[str, float], n: int, seed: int) -> list[dict]:
-    """n facts drawn equally from STRATA equal-count strata of the pool's scores, half FIT and half REPORT within
+def pool_strata(pool: dict[str, float], n: int, strata: int) -> list[list[str]]:
+    """The pool's facts in min(strata, n) equal-count strata of their scores (ties broken by fact id)."""
+    ranked = sorted(pool, key=lambda i: (pool[i], i))
+    return [list(s) for s in np.array_split(ranked, min(strata, n))]
+
+
+def select(pool: dict[str, float], n: int, seed: int, n_strata: int) -> list[dict]:
+    """n facts drawn equally from n_strata equal-count strata of the pool's scores, half FIT and half REPORT within
     each stratum, in an order that interleaves the strata (every prefix is a stratified sample)."""
     rng = random.Random(seed + 1)
-    ranked = sorted(pool, key=lambda i: (pool[i], i))
-    strata = [list(s) for s in np.array_split(ranked, min(STRATA, n))]
+    strata = pool_strata(pool, n, n_strata)
     per = [n // len(strata) + (k >= len(strata) - n % len(strata)) for k in range(len(strata))]  # extra: on top
     picked = []
     for k, (stratum, m) in enumerate(zip(strata, per, strict=True)):
@@ -292,6 +322,7 @@ class Facts:
     sample_r: np.ndarray
     truth: np.ndarray
     relations: np.ndarray
+    pool_score: np.ndarray  # the likelihood score that placed each fact in its stratum
 
     @classmethod
     def of(cls, done: list[dict], facts: dict, rows: dict, conf: Probe) -> Facts:
@@ -301,19 +332,56 @@ class Facts:
         sample_r = np.array([rows["sample"][i]["score"] for i in ids])
         return cls(ids, half == "fit", half == "report", sample_r,
                    np.array([memory_level(r, conf.level_bounds, floor) for r in sample_r]),
-                   np.array([facts[i]["relation"] for i in ids]))
+                   np.array([facts[i]["relation"] for i in ids]), np.array([x["pool_likelihood"] for x in done]))
 
 
-def analyse(done: list[dict], facts: dict, rows: dict, cost: dict, conf: Probe, seed: int) -> dict:
+@dataclass(frozen=True)
+class Population:
+    """The facts the default probe labels, placed in the crosscheck's post-strata by their likelihood score:
+    "all" (every probe group) and "train" (the in-domain train pool the SFT levels come from). Weighting to "all"
+    assumes that within a likelihood stratum the test facts agree as the sampled train facts do."""
+    bounds: np.ndarray
+    strata: dict[str, np.ndarray]
+
+    @classmethod
+    def of(cls, pool: dict[str, float], population: dict[str, list], n: int, n_strata: int) -> Population:
+        bounds = stratum_bounds([[pool[i] for i in stratum] for stratum in pool_strata(pool, n, n_strata)])
+        scores = {"all": [score for score, _ in population.values()],
+                  "train": [score for score, group in population.values() if group == "train"]}
+        return cls(bounds, {name: assign(values, bounds) for name, values in scores.items()})
+
+
+def population_agreement(d: Facts, half: np.ndarray, predicted: np.ndarray, people: Population, seed: int) -> dict:
+    """Kappa of one half's levels with sampling's, weighted to each population (memqa.agreement), with its
+    interval and both sides' weighted level shares."""
+    truth, strata = d.truth[half], assign(d.pool_score[half], people.bounds)
+    result = {}
+    for name, population_strata in people.strata.items():
+        try:
+            weights = population_weights(strata, population_strata, len(people.bounds))
+        except MemqaError as error:  # a partial run: some post-stratum has no fact of this half yet
+            result[name] = {"facts": int(len(population_strata)), "error": str(error)}
+            continue
+        value = agreement_kappa(truth, predicted, weights, len(LEVELS))
+        shares = {side: np.bincount(levels, weights=weights, minlength=len(LEVELS)) / weights.sum()
+                  for side, levels in (("sampling", truth), ("estimator", predicted))}
+        result[name] = {"facts": int(len(population_strata)), "kappa": None if value is None else round(value, 4),
+                        "kappa_ci": weighted_kappa_interval(truth, predicted, weights, len(LEVELS), seed),
+                        **{f"{side}_level_shares": [round(float(x), 4) for x in v] for side, v in shares.items()}}
+    return result
+
+
+def analyse(done: list[dict], facts: dict, rows: dict, cost: dict, conf: Probe, seed: int,
+            people: Population) -> dict:
     """Per estimator, against sampling: correlation, levels under each calibration, cost (module docstring, 4)."""
     data = Facts.of(done, facts, rows, conf)
     return {name: analyse_estimator(data, np.mean([[rows[run][i]["score"] for i in data.ids] for run in runs],
-                                                  axis=0), runs, cost, conf, seed)
+                                                  axis=0), runs, cost, conf, seed, people)
             for name, runs in ESTIMATORS.items()}
 
 
 def analyse_estimator(d: Facts, score: np.ndarray, runs: tuple[str, ...], cost: dict, conf: Probe,
-                      seed: int) -> dict:
+                      seed: int, people: Population) -> dict:
     sample_cost = cost["sample"]
     spent = {key: round(sum(cost[run][key] for run in runs), 3) for key in sample_cost}
     report_score, report_sample = score[d.report], d.sample_r[d.report]
@@ -331,8 +399,47 @@ def analyse_estimator(d: Facts, score: np.ndarray, runs: tuple[str, ...], cost: 
         levels, threshold, calibrate = fit_levels(kind, score[d.fit], d.sample_r[d.fit], conf)
         fitted[kind] = levels(report_score), threshold, calibrate
         result["calibrations"][kind] = calibration_result(d, score, fitted[kind], kind, conf, seed)
+        result["calibrations"][kind]["population_report"] = population_agreement(d, d.report, fitted[kind][0],
+                                                                                  people, seed)
+        if kind == "raw":  # nothing is fitted for raw levels: their FIT agreement is a fair basis for a choice
+            result["calibrations"][kind]["population_fit"] = population_agreement(d, d.fit, levels(score[d.fit]),
+                                                                                  people, seed)
     chosen = max(CALIBRATIONS, key=lambda k: result["calibrations"][k]["cv_kappa_fit"])
     result.update(chosen_result(d, report_score, fitted[chosen], chosen, result["calibrations"][chosen]))
+    return result
+
+
+def choose_on_fit(analysis: dict) -> dict:
+    """The estimator whose raw levels (as the pipeline makes them) agree best with sampling's on the FIT half,
+    population-weighted (ties: the cheaper in GFLOPs), and its REPORT-half agreement: chosen without REPORT."""
+    def fit_kappa(name: str) -> float:
+        return analysis[name]["calibrations"]["raw"]["population_fit"]["all"].get("kappa") or -1.0
+
+    name = max(analysis, key=lambda n: (fit_kappa(n), -analysis[n]["cost"]["gflops"]))
+    raw = analysis[name]["calibrations"]["raw"]
+    return {"estimator": name, "rule": "max population-weighted FIT kappa of raw levels; ties: fewer GFLOPs",
+            "kappa_fit_population": fit_kappa(name), "report_population": raw["population_report"],
+            "kappa_report_sample": raw["kappa_report"], "kappa_report_sample_ci": raw["kappa_report_ci"],
+            "cost_vs_sample": analysis[name]["cost_vs_sample"]}
+
+
+def screen_result(d: Facts, people: Population, population_scores: np.ndarray) -> dict:
+    """A likelihood screen for a costlier estimator: facts whose likelihood is below half the lowest of the FIT
+    facts sampling puts above level 0 are called level 0 unscored. On REPORT: the share of facts above level 0
+    it would miss (population-weighted), and the share of the population it sends on."""
+    above = d.truth > 0
+    cut = float(np.min(d.pool_score[d.fit & above])) / 2 if (d.fit & above).any() else 0.0
+    missed = (d.pool_score[d.report] < cut) & above[d.report]
+    result = {"likelihood_cut": cut, "missed_facts_report": int(missed.sum()),
+              "above_level0_report": int(above[d.report].sum()),
+              "population_share_sent_on": round(float(np.mean(population_scores >= cut)), 4)}
+    try:
+        weights = population_weights(assign(d.pool_score[d.report], people.bounds), people.strata["all"],
+                                     len(people.bounds))
+    except MemqaError as error:  # a partial run: some post-stratum has no REPORT fact yet
+        return {**result, "error": str(error)}
+    if above[d.report].any():
+        result["missed_above_level0_report"] = round(float(weights[missed].sum() / weights[above[d.report]].sum()), 4)
     return result
 
 
@@ -443,23 +550,25 @@ def paper_conf(dtype: str | None) -> dict:
 
 
 class Setup:
-    """The first run's probe params and pool (facts and likelihood scores), kept in setup_path, so a resumed run
-    or a later analysis is not moved by edits to params.yaml or a regenerated data/facts.jsonl; the model is
-    loaded when first needed."""
+    """The first run's probe params, population (every probed fact's likelihood score and probe group) and pool,
+    kept in setup_path, so a resumed run or a later analysis is not moved by edits to params.yaml or a regenerated
+    data/facts.jsonl; the model is loaded when first needed."""
 
     def __init__(self, args, model_dir: Path, root: Path) -> None:
         self.model_dir, self._model = model_dir, None
         path = root / f"setup-seed{args.seed}-pool{args.pool}-{args.dtype or 'params'}.json"
-        if path.is_file():
-            setup = json.loads(path.read_text())
-            self.raw, self.pool = setup["conf"], setup["pool"]
-            self.facts = {f["fact_id"]: f for f in setup["facts"]}
-        else:
-            self.raw = paper_conf(args.dtype)
-            all_facts = {f["fact_id"]: f for f in read_jsonl("data/facts.jsonl")}
-            self.pool = score_pool(*self.model(), list(all_facts.values()), self.conf, args, root)
-            self.facts = {i: all_facts[i] for i in self.pool}
-            path.write_text(json.dumps({"conf": self.raw, "pool": self.pool, "facts": list(self.facts.values())}))
+        setup = json.loads(path.read_text()) if path.is_file() else {"conf": paper_conf(args.dtype)}
+        self.raw = setup["conf"]
+        if "population" not in setup:  # a new setup, or one written before the population was scored
+            all_facts = list(read_jsonl("data/facts.jsonl"))
+            scores = score_population(*self.model(), all_facts, self.conf, root)
+            setup["population"] = {f["fact_id"]: [scores[f["fact_id"]], probe_group(f)]
+                                   for f in all_facts if f["fact_id"] in scores}
+            setup.setdefault("pool", {i: scores[i] for i in pick_pool(all_facts, args.pool, args.seed)})
+            setup.setdefault("facts", [f for f in all_facts if f["fact_id"] in setup["pool"]])
+            path.write_text(json.dumps(setup))
+        self.pool, self.population = setup["pool"], setup["population"]
+        self.facts = {f["fact_id"]: f for f in setup["facts"]}
 
     @property
     def conf(self) -> Probe:
@@ -473,16 +582,22 @@ class Setup:
 
 def result_json(args, conf: Probe, setup: Setup, done: list[dict], rows: dict, cost: dict, started: float) -> dict:
     """Everything the run measured (module docstring): the selection, the analysis and its summary, the data."""
-    analysis = analyse(done, setup.facts, rows, cost, conf, args.seed)
+    people = Population.of(setup.pool, setup.population, args.facts, args.strata)
+    analysis = analyse(done, setup.facts, rows, cost, conf, args.seed, people)
+    data = Facts.of(done, setup.facts, rows, conf)
     sample = rows["sample"]
     return {
         "model": args.model, "dtype": conf.dtype, "threads": torch.get_num_threads(),
         "protocol": {k: getattr(conf, k) for k in PROTOCOL} | {"level_bounds": conf.level_bounds,
                                                               "resolution": resolution(conf.templates, conf.samples)},
-        "selection": {"pool": len(setup.pool), "strata": min(STRATA, args.facts), "asked": args.facts,
+        "selection": {"pool": len(setup.pool), "strata": min(args.strata, args.facts), "asked": args.facts,
                       "facts": len(done), "fit": sum(x["half"] == "fit" for x in done),
                       "report": sum(x["half"] == "report" for x in done), "seed": args.seed, "chunk": args.chunk},
         "summary": {name: summary(a) for name, a in analysis.items()},
+        "chosen_on_fit": choose_on_fit(analysis),
+        "likelihood_screen": screen_result(data, people, np.array([v[0] for v in setup.population.values()])),
+        "population": {"facts": len(setup.population), "train_facts": int(len(people.strata["train"])),
+                       "post_strata_bounds": people.bounds.tolist()},
         "sampling_noise_ceiling": noise_ceiling(done, rows, conf, args.seed),
         "sample_cost": cost["sample"],
         "sample_levels_report": [memory_level(sample[x["fact_id"]]["score"], conf.level_bounds,
@@ -527,7 +642,7 @@ def main() -> None:
     started = time.time()
     setup = Setup(args, model_dir, root)
     conf = setup.conf
-    chosen = select(setup.pool, args.facts, args.seed)
+    chosen = select(setup.pool, args.facts, args.seed, args.strata)
     # the weight files' digest, not one recorded at materialisation (a model retrained in place is a new run)
     weights = weights_digest(model_dir, memo=root / "weights-sha256.json")
     cache = root / digest([[x["fact_id"] for x in chosen], setup.raw, args.chunk, args.seed, weights])
