@@ -623,6 +623,7 @@ def summary(a: dict) -> dict:
             "spearman_report_ci": a["spearman_report_ci"], "kappa_report_ci": a["kappa_report_ci"],
             "kappa_report_raw": a["calibrations"]["raw"]["kappa_report"],
             "kappa_report_raw_ci": a["calibrations"]["raw"]["kappa_report_ci"],
+            "population_report_raw": a["calibrations"]["raw"]["population_report"]["all"],
             "level0_threshold": a["level0_threshold"], "calibration": a["calibration"],
             "weighted_kappa_report": a["weighted_kappa_report"],
             "level_agreement_report": a["level_agreement_report"],

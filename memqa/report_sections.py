@@ -61,8 +61,20 @@ def estimator_agreement(params: Params, results_dir: Path) -> list[str]:
                    f"({row.get('calibration', '?')}) fitted on the FIT half {_with_interval(row, 'kappa_report')}; on "
                    f"{result['selection']['report']} held-out facts ({result['selection']['facts']} scored), at "
                    f"{row['gflops_vs_sample']}x less compute than sampling; sampling against itself: Spearman "
-                   f"{ceiling.get('spearman_ceiling_report', '?')}, kappa {ceiling.get('kappa_median', '?')}.")
+                   f"{ceiling.get('spearman_ceiling_report', '?')}, kappa {ceiling.get('kappa_median', '?')}."
+                   + _population_kappa(row.get("population_report_raw")))
     return out + [""]
+
+
+def _population_kappa(population: dict | None) -> str:
+    """The kappa of the levels as made here, weighted to every fact the probe labels (the crosscheck's strata
+    oversample high scores), when the crosscheck measured it."""
+    if not population:
+        return ""
+    if "kappa" not in population:
+        return f" Weighted to the {population['facts']} facts the probe labels: not measured ({population['error']})."
+    return (f" Weighted to the {population['facts']} facts the probe labels (post-stratified): kappa "
+            f"{_with_interval(population, 'kappa')}.")
 
 
 def _cross_model(plots_dir: Path) -> list[str]:

@@ -150,6 +150,21 @@ def test_report_projects_the_test_facts_an_inconclusive_claim_needs_and_quotes_t
     assert ("- a: Spearman 0.84; Cohen's kappa of the levels as made here (level 0 below 1/210) 0.39 [0.2, 0.6], "
             "with a level-0 threshold and calibration (threshold) fitted on the FIT half 0.62; on 50 held-out facts "
             "(100 scored)") in text
+    assert "facts the probe labels" not in text  # a crosscheck that predates the population weighting
+
+
+def test_report_quotes_the_population_weighted_kappa_when_the_crosscheck_measured_it(tmp_path):
+    params = _params(["a"], sets=("probe.method=likelihood",))
+    (tmp_path / "results").mkdir()
+    population = {"facts": 1200, "kappa": 0.71, "kappa_ci": [0.5, 0.85]}
+    (tmp_path / "results" / "probe_crosscheck-a.json").write_text(json.dumps({
+        "selection": {"report": 50, "facts": 100},
+        "summary": {"likelihood": {"spearman_report": 0.84, "kappa_report": 0.62, "kappa_report_raw": 0.39,
+                                   "calibration": "threshold", "gflops_vs_sample": 23.2,
+                                   "population_report_raw": population}},
+        "sampling_noise_ceiling": {}}))
+    text = _report(tmp_path, params)
+    assert "Weighted to the 1200 facts the probe labels (post-stratified): kappa 0.71 [0.5, 0.85]." in text
 
 
 def test_report_precision_reads_only_the_current_grids_cells_not_leftover_files(tmp_path):
