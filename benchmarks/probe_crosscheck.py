@@ -48,6 +48,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import cache_archive
 import numpy as np
 import torch
 
@@ -98,6 +99,10 @@ def parse_args() -> argparse.Namespace:
                         "probe.dtype of params.yaml; naming one starts a separate run, even when it equals that")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--stop-after", type=int, default=0, help="stop once the first N facts are done (timing)")
+    parser.add_argument("--load-cache", type=Path, default=None,
+                        help="first add the chunks of this archive (a --save-cache run's) that the cache lacks")
+    parser.add_argument("--save-cache", type=Path, default=None,
+                        help="after scoring, pack data/cache/crosscheck/<model> into this .tar.gz (resume elsewhere)")
     parser.add_argument("--analyze-only", action="store_true", help="analyse the cached chunks, score nothing")
     parser.add_argument("--redo", nargs="*", default=[], choices=sorted(RUNS), help="drop these runs' caches")
     parser.add_argument("--runs", nargs="*", default=sorted(RUNS), choices=sorted(RUNS),
@@ -640,6 +645,8 @@ def main() -> None:
     model_dir = Path(f"data/models/{args.model}")
     root = Path("data/cache/crosscheck") / args.model
     root.mkdir(parents=True, exist_ok=True)
+    if args.load_cache:
+        print(f"cache: {cache_archive.restore(args.load_cache, root)} files added from {args.load_cache}", flush=True)
     started = time.time()
     setup = Setup(args, model_dir, root)
     conf = setup.conf
@@ -652,6 +659,8 @@ def main() -> None:
             path.unlink()
     if not args.analyze_only:
         run_chunks(*setup.model(), chosen, setup.facts, conf, args, cache)
+    if args.save_cache:
+        print(f"cache: {cache_archive.save(root, args.save_cache)} files packed into {args.save_cache}", flush=True)
     done, rows, cost = load_runs(chosen, args, cache)
     if len(done) < 4 or len({x["half"] for x in done}) < 2:
         print(f"{len(done)} facts done: too few to analyse")
