@@ -25,7 +25,7 @@
    and benchmarks/results/probe_crosscheck-<model>.png (each estimator against sampling's R).
 5. Population: the strata oversample high scores, so a plain kappa describes the sample, not the facts the
    default probe labels (most at level 0). Every probed fact of data/facts.jsonl is scored by likelihood too
-   (cached in chunks of 100; ~0.65 s a fact for Gemma on 2 threads, ~13 min for the default facts), placed in
+   (cached in chunks of 100; ~0.33 s a fact for Gemma on 2 threads, ~7 min for the default facts), placed in
    the strata by that score, and each sampled fact weighted by its stratum's population over sampled count
    (memqa.agreement): "population_report" holds the weighted kappa with a bootstrap interval, for all probed
    facts and for the in-domain train pool. "chosen_on_fit" picks the estimator by its raw levels' weighted
