@@ -56,7 +56,7 @@ from memqa.agreement import assign, population_weights, stratum_bounds, weighted
 from memqa.agreement import kappa as agreement_kappa
 from memqa.config import Probe, load_params, with_preset
 from memqa.errors import MemqaError
-from memqa.io import read_jsonl
+from memqa.io import atomic_write_text, read_jsonl
 from memqa.memory import memory_level, probe_group, resolution
 from memqa.meter import ComputeMeter
 from memqa.models import load_model
@@ -141,7 +141,7 @@ def score_population(model, tokenizer, facts: list[dict], conf: Probe, cache: Pa
         if not path.is_file():
             started = time.time()
             rows = score_facts(model, tokenizer, facts[c:c + 100], conf, "likelihood", seed=0)
-            path.write_text(json.dumps({r["fact_id"]: r["score"] for r in rows}))
+            atomic_write_text(path, json.dumps({r["fact_id"]: r["score"] for r in rows}))
             print(f"population: facts {c + 1}-{c + len(rows)} of {len(facts)} scored by likelihood in "
                   f"{time.time() - started:.0f} s", flush=True)
         scores.update(json.loads(path.read_text()))
@@ -356,16 +356,24 @@ class Population:
         return cls(bounds, {name: assign(values, bounds) for name, values in scores.items()})
 
 
+def half_weights(d: Facts, half: np.ndarray, people: Population, name: str) -> np.ndarray | str:
+    """Weights of one half's facts to population `name`, or the error that says why there are none (a partial
+    run: some post-stratum has no fact of this half yet)."""
+    try:
+        return population_weights(assign(d.pool_score[half], people.bounds), people.strata[name], len(people.bounds))
+    except MemqaError as error:
+        return str(error)
+
+
 def population_agreement(d: Facts, half: np.ndarray, predicted: np.ndarray, people: Population, seed: int) -> dict:
     """Kappa of one half's levels with sampling's, weighted to each population (memqa.agreement), with its
     interval and both sides' weighted level shares."""
-    truth, strata = d.truth[half], assign(d.pool_score[half], people.bounds)
+    truth = d.truth[half]
     result = {}
     for name, population_strata in people.strata.items():
-        try:
-            weights = population_weights(strata, population_strata, len(people.bounds))
-        except MemqaError as error:  # a partial run: some post-stratum has no fact of this half yet
-            result[name] = {"facts": int(len(population_strata)), "error": str(error)}
+        weights = half_weights(d, half, people, name)
+        if isinstance(weights, str):
+            result[name] = {"facts": int(len(population_strata)), "error": weights}
             continue
         value = agreement_kappa(truth, predicted, weights, len(LEVELS))
         shares = {side: np.bincount(levels, weights=weights, minlength=len(LEVELS)) / weights.sum()
@@ -376,10 +384,8 @@ def population_agreement(d: Facts, half: np.ndarray, predicted: np.ndarray, peop
     return result
 
 
-def analyse(done: list[dict], facts: dict, rows: dict, cost: dict, conf: Probe, seed: int,
-            people: Population) -> dict:
+def analyse(data: Facts, rows: dict, cost: dict, conf: Probe, seed: int, people: Population) -> dict:
     """Per estimator, against sampling: correlation, levels under each calibration, cost (module docstring, 4)."""
-    data = Facts.of(done, facts, rows, conf)
     return {name: analyse_estimator(data, np.mean([[rows[run][i]["score"] for i in data.ids] for run in runs],
                                                   axis=0), runs, cost, conf, seed, people)
             for name, runs in ESTIMATORS.items()}
@@ -438,11 +444,9 @@ def screen_result(d: Facts, people: Population, population_scores: np.ndarray) -
     result = {"likelihood_cut": cut, "missed_facts_report": int(missed.sum()),
               "above_level0_report": int(above[d.report].sum()),
               "population_share_sent_on": round(float(np.mean(population_scores >= cut)), 4)}
-    try:
-        weights = population_weights(assign(d.pool_score[d.report], people.bounds), people.strata["all"],
-                                     len(people.bounds))
-    except MemqaError as error:  # a partial run: some post-stratum has no REPORT fact yet
-        return {**result, "error": str(error)}
+    weights = half_weights(d, d.report, people, "all")
+    if isinstance(weights, str):
+        return {**result, "error": weights}
     if above[d.report].any():
         result["missed_above_level0_report"] = round(float(weights[missed].sum() / weights[above[d.report]].sum()), 4)
     return result
@@ -571,7 +575,7 @@ class Setup:
                                    for f in all_facts if f["fact_id"] in scores}
             setup.setdefault("pool", {i: scores[i] for i in pick_pool(all_facts, args.pool, args.seed)})
             setup.setdefault("facts", [f for f in all_facts if f["fact_id"] in setup["pool"]])
-            path.write_text(json.dumps(setup))
+            atomic_write_text(path, json.dumps(setup))
         self.pool, self.population = setup["pool"], setup["population"]
         self.facts = {f["fact_id"]: f for f in setup["facts"]}
 
@@ -588,8 +592,8 @@ class Setup:
 def result_json(args, conf: Probe, setup: Setup, done: list[dict], rows: dict, cost: dict, started: float) -> dict:
     """Everything the run measured (module docstring): the selection, the analysis and its summary, the data."""
     people = Population.of(setup.pool, setup.population, args.facts, args.strata)
-    analysis = analyse(done, setup.facts, rows, cost, conf, args.seed, people)
     data = Facts.of(done, setup.facts, rows, conf)
+    analysis = analyse(data, rows, cost, conf, args.seed, people)
     sample = rows["sample"]
     return {
         "model": args.model, "dtype": conf.dtype, "threads": torch.get_num_threads(),
