@@ -11,7 +11,8 @@
    protocol (method sample: 21 templates x 10 samples, T 0.7, <= 32 new tokens, `contains`, completions
    kept) and by every cheap estimator (likelihood, greedy_containment, rao_blackwell with 1 and 2 samples
    per template: the K=2 estimate is the mean of two independent K=1 runs, its cost their sum; and with 1
-   sample decoded only 16 tokens, rb_max_new_tokens 16), in chunks of
+   sample decoded only 16 tokens, rb_max_new_tokens 16; likelihood and that last one also with the model in
+   bfloat16, "_bf16": how far bf16 moves the levels), in chunks of
    --chunk facts, each cached under data/cache/crosscheck/ (a killed run resumes; --stop-after N stops after
    the chunks that hold the first N facts, to time them). The facts are processed in an order that
    interleaves the strata, so a partial run is itself a stratified sample. 4. Analysis, on the facts done:
@@ -30,9 +31,10 @@
    (memqa.agreement): "population_report" holds the weighted kappa with a bootstrap interval, for all probed
    facts and for the in-domain train pool. "chosen_on_fit" picks the estimator by its raw levels' weighted
    kappa on FIT alone (ties: fewer GFLOPs) and reports its REPORT agreement, so the choice never sees REPORT.
-   "likelihood_screen": a cut at half the lowest likelihood among FIT facts above level 0, for sending only
-   the facts that could be above level 0 to a costlier estimator; its weighted miss rate on REPORT and the
-   population share it sends on.
+   "likelihood_screen" (and "_bf16"): a cut at half the lowest likelihood among FIT facts above level 0, for
+   sending only the facts that could be above level 0 to a costlier estimator; its weighted miss rate on REPORT
+   and the population share it sends on. The "screened_" estimators are that pipeline (probe.rb_screen_cut):
+   the likelihood below the cut, rao_blackwell K=1, H=16 at or above it, analysed as every other estimator.
 """
 from __future__ import annotations
 
@@ -72,6 +74,8 @@ RUNS = {  # cached run -> (probe.method, probe params it changes)
     "rao_blackwell_a": ("rao_blackwell", {"rb_samples": 1}),
     "rao_blackwell_b": ("rao_blackwell", {"rb_samples": 1}),
     "rao_blackwell_h16": ("rao_blackwell", {"rb_samples": 1, "rb_max_new_tokens": 16}),
+    "likelihood_bf16": ("likelihood", {"dtype": "bfloat16"}),
+    "rao_blackwell_h16_bf16": ("rao_blackwell", {"rb_samples": 1, "rb_max_new_tokens": 16, "dtype": "bfloat16"}),
 }
 ESTIMATORS = {  # estimator -> the runs whose scores it averages and whose costs it adds
     "likelihood": ("likelihood",),
@@ -79,6 +83,12 @@ ESTIMATORS = {  # estimator -> the runs whose scores it averages and whose costs
     "rao_blackwell_k1": ("rao_blackwell_a",),
     "rao_blackwell_k2": ("rao_blackwell_a", "rao_blackwell_b"),
     "rao_blackwell_k1_h16": ("rao_blackwell_h16",),
+    "likelihood_bf16": ("likelihood_bf16",),
+    "rao_blackwell_k1_h16_bf16": ("rao_blackwell_h16_bf16",),
+}
+SCREENED = {  # estimator -> (the likelihood run that screens, the rao_blackwell run the facts it sends on get)
+    "screened_rao_blackwell_k1_h16": ("likelihood", "rao_blackwell_h16"),
+    "screened_rao_blackwell_k1_h16_bf16": ("likelihood_bf16", "rao_blackwell_h16_bf16"),
 }
 STRATA = 10
 CALIBRATIONS = ("threshold", "power", "isotonic")  # each with the level-0 threshold fitted; ties: the simplest
@@ -187,20 +197,21 @@ def select(pool: dict[str, float], n: int, seed: int, n_strata: int) -> list[dic
     return order
 
 
-def run_chunks(model, tokenizer, chosen: list[dict], facts: dict[str, dict], conf: Probe, args, cache: Path) -> None:
+def run_chunks(setup: Setup, chosen: list[dict], conf: Probe, args, cache: Path) -> None:
     chunks = [chosen[i:i + args.chunk] for i in range(0, len(chosen), args.chunk)]
     limit = len(chunks) if not args.stop_after else -(-args.stop_after // args.chunk)
     for c, chunk in enumerate(chunks[:limit]):
-        rows = [facts[x["fact_id"]] for x in chunk]
+        rows = [setup.facts[x["fact_id"]] for x in chunk]
         for run, (method, extra) in RUNS.items():
             path = cache / run / f"{c:04d}.json"
             if path.is_file() or run not in args.runs:
                 continue
             path.parent.mkdir(parents=True, exist_ok=True)
+            run_conf = conf.model_copy(update=extra)
+            model, tokenizer = setup.model(run_conf.dtype)
             started = time.time()
             with ComputeMeter(model) as meter:
-                scored = score_facts(model, tokenizer, rows, conf.model_copy(update=extra), method,
-                                     chunk_seed(args.seed, run, c))
+                scored = score_facts(model, tokenizer, rows, run_conf, method, chunk_seed(args.seed, run, c))
             wall = time.time() - started
             tmp = path.with_suffix(".tmp")
             tmp.write_text(json.dumps({"facts": [x["fact_id"] for x in chunk], "rows": scored, "wall_s": wall,
@@ -384,17 +395,41 @@ def population_agreement(d: Facts, half: np.ndarray, predicted: np.ndarray, peop
     return result
 
 
+def run_scores(d: Facts, rows: dict, run: str) -> np.ndarray:
+    return np.array([rows[run][i]["score"] for i in d.ids])
+
+
+def screen_cut(d: Facts, screen: np.ndarray) -> float:
+    """Half the lowest screen score among the FIT facts sampling puts above level 0 (0: there are none)."""
+    above = d.fit & (d.truth > 0)
+    return float(np.min(screen[above])) / 2 if above.any() else 0.0
+
+
+def estimator_scores(d: Facts, rows: dict, cost: dict) -> dict[str, tuple[np.ndarray, dict]]:
+    """Each estimator's score per fact and its cost. A plain one (ESTIMATORS) averages its runs and adds their
+    costs; a screened one (SCREENED) keeps the screen's likelihood below the cut (screen_cut, on FIT) and takes the
+    rao_blackwell run's score at or above it, at the screen's cost plus the rao_blackwell run's times the share of
+    these facts it sent on (the strata oversample high scores: the population's share is likelihood_screen's)."""
+    keys = cost["sample"]
+    out = {name: (np.mean([run_scores(d, rows, run) for run in runs], axis=0),
+                  {key: sum(cost[run][key] for run in runs) for key in keys}) for name, runs in ESTIMATORS.items()}
+    for name, (screen_run, sampled_run) in SCREENED.items():
+        screen, sampled = run_scores(d, rows, screen_run), run_scores(d, rows, sampled_run)
+        sent = screen >= screen_cut(d, screen)
+        out[name] = (np.where(sent, sampled, screen),
+                     {key: cost[screen_run][key] + cost[sampled_run][key] * float(sent.mean()) for key in keys})
+    return out
+
+
 def analyse(data: Facts, rows: dict, cost: dict, conf: Probe, seed: int, people: Population) -> dict:
     """Per estimator, against sampling: correlation, levels under each calibration, cost (module docstring, 4)."""
-    return {name: analyse_estimator(data, np.mean([[rows[run][i]["score"] for i in data.ids] for run in runs],
-                                                  axis=0), runs, cost, conf, seed, people)
-            for name, runs in ESTIMATORS.items()}
+    return {name: analyse_estimator(data, score, spent, cost["sample"], conf, seed, people)
+            for name, (score, spent) in estimator_scores(data, rows, cost).items()}
 
 
-def analyse_estimator(d: Facts, score: np.ndarray, runs: tuple[str, ...], cost: dict, conf: Probe,
-                      seed: int, people: Population) -> dict:
-    sample_cost = cost["sample"]
-    spent = {key: round(sum(cost[run][key] for run in runs), 3) for key in sample_cost}
+def analyse_estimator(d: Facts, score: np.ndarray, spent: dict, sample_cost: dict, conf: Probe, seed: int,
+                      people: Population) -> dict:
+    spent = {key: round(value, 3) for key, value in spent.items()}
     report_score, report_sample = score[d.report], d.sample_r[d.report]
     result = {
         "spearman_report": spearman(report_score, report_sample),
@@ -434,16 +469,19 @@ def choose_on_fit(analysis: dict) -> dict:
             "cost_vs_sample": analysis[name]["cost_vs_sample"]}
 
 
-def screen_result(d: Facts, people: Population, population_scores: np.ndarray) -> dict:
-    """A likelihood screen for a costlier estimator: facts whose likelihood is below half the lowest of the FIT
-    facts sampling puts above level 0 are called level 0 unscored. On REPORT: the share of facts above level 0
-    it would miss (population-weighted), and the share of the population it sends on."""
+def screen_result(d: Facts, people: Population, screen: np.ndarray, population_scores: np.ndarray | None) -> dict:
+    """A likelihood screen for a costlier estimator: facts whose likelihood (screen, per fact done) is below
+    screen_cut are called level 0 unscored. On REPORT: the share of facts above level 0 it would miss
+    (population-weighted); the share of these facts it sends on, and of the population (population_scores: the
+    same likelihood of every probed fact, when scored)."""
     above = d.truth > 0
-    cut = float(np.min(d.pool_score[d.fit & above])) / 2 if (d.fit & above).any() else 0.0
-    missed = (d.pool_score[d.report] < cut) & above[d.report]
+    cut = screen_cut(d, screen)
+    missed = (screen[d.report] < cut) & above[d.report]
     result = {"likelihood_cut": cut, "missed_facts_report": int(missed.sum()),
               "above_level0_report": int(above[d.report].sum()),
-              "population_share_sent_on": round(float(np.mean(population_scores >= cut)), 4)}
+              "sample_share_sent_on": round(float(np.mean(screen >= cut)), 4)}
+    if population_scores is not None:
+        result["population_share_sent_on"] = round(float(np.mean(population_scores >= cut)), 4)
     weights = half_weights(d, d.report, people, "all")
     if isinstance(weights, str):
         return {**result, "error": weights}
@@ -515,18 +553,21 @@ def noise_ceiling(done: list[dict], rows: dict, conf: Probe, seed: int, draws: i
             "spearman_ceiling_report": round(float(np.mean(ceiling)), 4)}
 
 
-def plot(path: Path, done: list[dict], rows: dict, analysis: dict, conf: Probe, model: str) -> None:
+def plot(path: Path, data: Facts, scores: dict[str, np.ndarray], analysis: dict, conf: Probe, model: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ids = [x["fact_id"] for x in done]
-    fit = np.array([x["half"] == "fit" for x in done])
-    sample_r = np.array([rows["sample"][i]["score"] for i in ids])
-    fig, axes = plt.subplots(1, len(ESTIMATORS), figsize=(4.2 * len(ESTIMATORS), 4.2), sharey=True)
-    for ax, (name, runs) in zip(axes, ESTIMATORS.items(), strict=True):
-        score = np.clip(np.mean([[rows[run][i]["score"] for i in ids] for run in runs], axis=0), 1e-7, None)
+    fit, sample_r = data.fit, data.sample_r
+    columns = 3
+    grid_rows = -(-len(scores) // columns)
+    fig, grid = plt.subplots(grid_rows, columns, figsize=(4.2 * columns, 4.2 * grid_rows), sharey=True, squeeze=False)
+    axes = grid.ravel()
+    for ax in axes[len(scores):]:
+        ax.set_visible(False)
+    for ax, (name, raw) in zip(axes, scores.items(), strict=False):
+        score = np.clip(raw, 1e-7, None)
         ax.scatter(score[fit], sample_r[fit], s=18, facecolors="none", edgecolors="tab:blue", label="fit half")
         ax.scatter(score[~fit], sample_r[~fit], s=18, color="tab:orange", label="report half")
         result = analysis[name]
@@ -540,10 +581,11 @@ def plot(path: Path, done: list[dict], rows: dict, analysis: dict, conf: Probe, 
         cost = result["cost_vs_sample"]["gflops"]
         ax.set_title(f"{name}\nrho {result['spearman_report']}, kappa {result['kappa_report']} "
                      f"({result['calibration']}), {cost}x cheaper", fontsize=9)
-    axes[0].set_ylabel(f"sampling R ({conf.templates} x {conf.samples}, T {conf.temperature}, "
-                       f"{conf.max_new_tokens} tokens)")
+    for ax in grid[:, 0]:
+        ax.set_ylabel(f"sampling R ({conf.templates} x {conf.samples}, T {conf.temperature}, "
+                      f"{conf.max_new_tokens} tokens)")
     axes[0].legend(fontsize=7, loc="upper left")
-    fig.suptitle(f"{model}: cheap estimators vs the paper's sampling protocol ({len(ids)} facts)", fontsize=10)
+    fig.suptitle(f"{model}: cheap estimators vs the paper's sampling protocol ({len(data.ids)} facts)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -564,7 +606,7 @@ class Setup:
     data/facts.jsonl; the model is loaded when first needed."""
 
     def __init__(self, args, model_dir: Path, root: Path) -> None:
-        self.model_dir, self._model = model_dir, None
+        self.model_dir, self._models = model_dir, {}
         path = root / f"setup-seed{args.seed}-pool{args.pool}-{args.dtype or 'params'}.json"
         setup = json.loads(path.read_text()) if path.is_file() else {"conf": paper_conf(args.dtype)}
         self.raw = setup["conf"]
@@ -583,16 +625,18 @@ class Setup:
     def conf(self) -> Probe:
         return Probe.model_validate(self.raw)
 
-    def model(self) -> tuple:
-        if self._model is None:
-            self._model = load_model(self.model_dir, self.conf.dtype)
-        return self._model
+    def model(self, dtype: str | None = None) -> tuple:
+        """(model, tokenizer) in dtype (None: the setup's)."""
+        dtype = dtype or self.conf.dtype
+        if dtype not in self._models:
+            self._models[dtype] = load_model(self.model_dir, dtype)
+        return self._models[dtype]
 
 
-def result_json(args, conf: Probe, setup: Setup, done: list[dict], rows: dict, cost: dict, started: float) -> dict:
+def result_json(args, conf: Probe, setup: Setup, data: Facts, done: list[dict], rows: dict, cost: dict,
+                started: float) -> dict:
     """Everything the run measured (module docstring): the selection, the analysis and its summary, the data."""
     people = Population.of(setup.pool, setup.population, args.facts, args.strata)
-    data = Facts.of(done, setup.facts, rows, conf)
     analysis = analyse(data, rows, cost, conf, args.seed, people)
     sample = rows["sample"]
     return {
@@ -604,7 +648,9 @@ def result_json(args, conf: Probe, setup: Setup, done: list[dict], rows: dict, c
                       "report": sum(x["half"] == "report" for x in done), "seed": args.seed, "chunk": args.chunk},
         "summary": {name: summary(a) for name, a in analysis.items()},
         "chosen_on_fit": choose_on_fit(analysis),
-        "likelihood_screen": screen_result(data, people, np.array([v[0] for v in setup.population.values()])),
+        "likelihood_screen": screen_result(data, people, run_scores(data, rows, "likelihood"),
+                                           np.array([v[0] for v in setup.population.values()])),
+        "likelihood_screen_bf16": screen_result(data, people, run_scores(data, rows, "likelihood_bf16"), None),
         "population": {"facts": len(setup.population), "train_facts": int(len(people.strata["train"])),
                        "post_strata_bounds": people.bounds.tolist()},
         "sampling_noise_ceiling": noise_ceiling(done, rows, conf, args.seed),
@@ -662,18 +708,20 @@ def main() -> None:
         for path in (cache / run).glob("*.json"):
             path.unlink()
     if not args.analyze_only:
-        run_chunks(*setup.model(), chosen, setup.facts, conf, args, cache)
+        run_chunks(setup, chosen, conf, args, cache)
     if args.save_cache:
         print(f"cache: {cache_archive.save(root, args.save_cache)} files packed into {args.save_cache}", flush=True)
     done, rows, cost = load_runs(chosen, args, cache)
     if len(done) < 4 or len({x["half"] for x in done}) < 2:
         print(f"{len(done)} facts done: too few to analyse")
         return
-    result = result_json(args, conf, setup, done, rows, cost, started)
+    data = Facts.of(done, setup.facts, rows, conf)
+    result = result_json(args, conf, setup, data, done, rows, cost, started)
     out = Path(f"benchmarks/results/probe_crosscheck-{args.model}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
-    plot(out.with_suffix(".png"), done, rows, result["estimators"], conf, args.model)
+    scores = {name: score for name, (score, _) in estimator_scores(data, rows, cost).items()}
+    plot(out.with_suffix(".png"), data, scores, result["estimators"], conf, args.model)
     print(json.dumps({k: result[k] for k in ("selection", "summary", "sampling_noise_ceiling", "sample_cost")},
                      indent=1))
 

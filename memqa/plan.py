@@ -80,12 +80,18 @@ def workload(params: Params, table: dict[str, Any]) -> dict[str, Any]:
         if method != "likelihood":  # decoded paths per prompt; the traced estimators' teacher-forcing is left out
             paths = {"greedy_containment": 1, "rao_blackwell": min(samples, probe.rb_samples)}.get(method,
                                                                                                           samples)
-            return {"completions": prompts * paths, "decode_tokens": prompts * paths * probe.max_new_tokens,
+            horizon = (probe.rb_max_new_tokens or probe.max_new_tokens) if method == "rao_blackwell" else \
+                probe.max_new_tokens
+            return {"completions": prompts * paths, "decode_tokens": prompts * paths * horizon,
                     "prefill_tokens": prompts * prompt_tokens, "likelihood_prompts": 0}
         return {"completions": 0, "decode_tokens": 0, "likelihood_prompts": prompts,
                 "prefill_tokens": prompts * (prompt_tokens + answer_tokens)}
 
     probing = probe_work(probe.method, probed)
+    if probe.method == "rao_blackwell" and probe.rb_screen_cut is not None:
+        # the share the screen sends on is known only after it ran: counted as every fact (an upper bound)
+        screen = probe_work("likelihood", probed)
+        probing = {key: probing[key] + screen[key] for key in probing}
     if probe.crosscheck_facts:
         other = probe_work("likelihood" if probe.method == "sample" else "sample",
                            min(probe.crosscheck_facts, probed))

@@ -26,19 +26,32 @@ def _with_interval(row: dict, key: str) -> str:
     return f"{row.get(key, '?')}" + (f" [{interval[0]}, {interval[1]}]" if interval else "")
 
 
-def _crosscheck_name(params: Params) -> str:
-    """The estimator's name in benchmarks/probe_crosscheck.py's summary."""
+def _crosscheck_name(params: Params, crosscheck_dtype: str | None) -> str:
+    """The estimator's name in benchmarks/probe_crosscheck.py's summary, whose own runs are in crosscheck_dtype
+    (its "_bf16" estimators: the model in bfloat16)."""
     probe = params.probe
-    if probe.method != "rao_blackwell":
-        return probe.method
-    return f"rao_blackwell_k{probe.rb_samples}{'_h16' if probe.rb_max_new_tokens == 16 else ''}"
+    name = probe.method
+    if probe.method == "rao_blackwell":
+        name = f"rao_blackwell_k{probe.rb_samples}{'_h16' if probe.rb_max_new_tokens == 16 else ''}"
+        name = ("screened_" if probe.rb_screen_cut is not None else "") + name
+    return name + ("_bf16" if probe.dtype == "bfloat16" and crosscheck_dtype != "bfloat16" else "")
+
+
+def _method_line(probe) -> str:
+    """How the levels were made: the method, and the likelihood screen in front of rao_blackwell when there is one."""
+    if probe.method == "rao_blackwell" and probe.rb_screen_cut is not None:
+        samples = f"{probe.rb_samples} sample{'s' if probe.rb_samples > 1 else ''}"
+        return (f"Levels made by `probe.method: rao_blackwell` ({samples} per template, decoded "
+                f"{probe.rb_max_new_tokens or probe.max_new_tokens} tokens, {probe.dtype}) on the facts a likelihood "
+                f"screen sends on (`probe.rb_screen_cut: {probe.rb_screen_cut}`: below it a fact is level 0 unsampled)")
+    return f"Levels made by `probe.method: {probe.method}`"
 
 
 def estimator_agreement(params: Params, results_dir: Path) -> list[str]:
     """Which estimator made the levels, and its agreement with the paper's sampling protocol as measured by
     benchmarks/probe_crosscheck.py on held-out facts of each model (when that result is present)."""
-    probe, name = params.probe, _crosscheck_name(params)
-    out = [f"Levels made by `probe.method: {probe.method}`"
+    probe = params.probe
+    out = [_method_line(probe)
            + (" (the paper's protocol)." if probe.method == "sample" else
               "; its agreement with the paper's sampling protocol (benchmarks/probe_crosscheck.py, held-out "
               "REPORT half of facts stratified over the estimator's range; Spearman of R, Cohen's kappa of levels, "
@@ -48,6 +61,7 @@ def estimator_agreement(params: Params, results_dir: Path) -> list[str]:
     for model in params.models:
         path = results_dir / f"probe_crosscheck-{model}.json"
         result = json.loads(path.read_text()) if path.is_file() else {}
+        name = _crosscheck_name(params, result.get("dtype"))
         row = result.get("summary", {}).get(name)
         if row is None:
             out.append(f"- {model}: not measured (run benchmarks/probe_crosscheck.py --model {model}).")
@@ -62,7 +76,8 @@ def estimator_agreement(params: Params, results_dir: Path) -> list[str]:
                    f"{result['selection']['report']} held-out facts ({result['selection']['facts']} scored), at "
                    f"{row['gflops_vs_sample']}x less compute than sampling; sampling against itself: Spearman "
                    f"{ceiling.get('spearman_ceiling_report', '?')}, kappa {ceiling.get('kappa_median', '?')}."
-                   + _population_kappa(row.get("population_report_raw")))
+                   + _population_kappa(row.get("population_report_raw"))
+                   + _screen_misses(result, name))
     return out + [""]
 
 
@@ -75,6 +90,16 @@ def _population_kappa(population: dict | None) -> str:
         return f" Weighted to the {population['facts']} facts the probe labels: not measured ({population['error']})."
     return (f" Weighted to the {population['facts']} facts the probe labels (post-stratified): kappa "
             f"{_with_interval(population, 'kappa')}.")
+
+
+def _screen_misses(result: dict, name: str) -> str:
+    """For a screened estimator: the REPORT facts above level 0 its likelihood screen would have left at 0."""
+    screen = result.get("likelihood_screen_bf16" if name.endswith("_bf16") else "likelihood_screen")
+    if not name.startswith("screened_") or not screen or "missed_above_level0_report" not in screen:
+        return ""
+    return (f" Its screen (cut fitted on FIT: {screen['likelihood_cut']:.2g}) left {screen['missed_facts_report']} of "
+            f"the {screen['above_level0_report']} REPORT facts above level 0 at level 0 "
+            f"({100 * screen['missed_above_level0_report']:.1f}% weighted).")
 
 
 def _cross_model(plots_dir: Path) -> list[str]:

@@ -220,6 +220,16 @@ def rao_blackwell_mean_over_seeds(w: Taught) -> list[tiny.Margin]:
             tiny.at_most("exact containment of the split fact (intermediate: below)", exact[2], 0.9)]
 
 
+def screen_splits_the_facts(w: Taught) -> list[tiny.Margin]:
+    """With rb_screen_cut at level 0's resolution, the taught fact's likelihood is above it and the never-taught
+    one's below (so the screen test below is not vacuous)."""
+    screened = conf(templates=3)
+    cut = 1 / (screened.templates * screened.samples)
+    start = score_facts(w.model, w.tokenizer, [w.often[0], w.never[0]], screened, "likelihood", seed=0)
+    return [tiny.at_least("likelihood of a taught fact, over the cut", start[0]["score"], cut),
+            tiny.at_most("likelihood of a never-taught fact, under the cut", start[1]["score"], cut)]
+
+
 def test_answer_variants_are_prefix_free_with_and_without_a_leading_space(taught):
     tokenizer = taught.tokenizer
     name = taught.often[0]["answers"][0]
@@ -249,6 +259,31 @@ def test_rao_blackwell_with_a_horizon_is_a_cheaper_lower_bound(taught):
 
 def test_rao_blackwell_mean_over_seeds_matches_the_exact_containment(taught):
     tiny.require(rao_blackwell_mean_over_seeds(taught))
+
+
+def test_screen_sends_only_facts_at_or_above_the_cut_to_rao_blackwell(taught):
+    tiny.require(screen_splits_the_facts(taught))
+    facts = [taught.often[0], taught.never[0], taught.split[0]]
+    plain, cut = conf(templates=3), 1 / 30
+    start = score_facts(taught.model, taught.tokenizer, facts, plain, "likelihood", seed=5)
+    rows = score_facts(taught.model, taught.tokenizer, facts, conf(templates=3, rb_screen_cut=cut), "rao_blackwell",
+                       seed=5)
+    kept = [f for f, row in zip(facts, start, strict=True) if row["score"] >= cut]
+    alone = iter(score_facts(taught.model, taught.tokenizer, kept, plain, "rao_blackwell", seed=5))
+    for row, first in zip(rows, start, strict=True):
+        if first["score"] < cut:  # screened out: the likelihood row, level 0
+            assert row["screened_out"] and row["score"] == first["score"] and "sample_prob" not in row
+        else:  # sent on: what rao_blackwell gives those facts alone under the seed
+            assert "screened_out" not in row and row["score"] == next(alone)["score"]
+            assert row["screen_likelihood"] == first["score"]
+
+
+def test_a_screen_cut_above_level_0s_resolution_is_refused():
+    base = {**CONF.model_dump(), "method": "rao_blackwell", "templates": 21, "samples": 10}
+    assert Probe.model_validate({**base, "rb_screen_cut": 1 / 210}).rb_screen_cut == 1 / 210
+    assert Probe.model_validate(base).rb_screen_cut is None
+    with pytest.raises(ValueError, match="above level 0's resolution 1/210"):
+        Probe.model_validate({**base, "rb_screen_cut": 0.01})
 
 
 def test_traced_sampling_draws_the_samplers_completions(taught):
@@ -398,4 +433,4 @@ def test_crosscheck_of_a_cheap_method_runs_the_sampler(taught, tmp_path):
 # Every assertion above on what training learned, for benchmarks/training_margins.py (fixture: build(seed)).
 MARGINS = [greedy_scores_bracketed, greedy_counts_detours, rao_blackwell_unbiased,
            horizon_is_a_cheaper_lower_bound, rao_blackwell_mean_over_seeds, rao_blackwell_draws_its_own_samples,
-           greedy_path_floor, estimator_costs]
+           greedy_path_floor, estimator_costs, screen_splits_the_facts]

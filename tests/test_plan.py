@@ -64,6 +64,16 @@ def test_likelihood_probe_counts_prompts_not_completions():
     assert work["generated_tokens_upper_bound"] == 624 * 3
 
 
+def test_a_screened_rao_blackwell_probe_counts_the_screen_and_the_samples_to_their_horizon():
+    params = synthetic()
+    params.probe.method, params.probe.rb_samples, params.probe.rb_max_new_tokens = "rao_blackwell", 1, 4
+    params.probe.rb_screen_cut = 0.01
+    work = workload(params, load_table())["probe"]
+    # every fact screened (148 x 3 likelihood prompts), then sampled once per template, 4 tokens deep
+    assert work == {"completions": 148 * 3, "decode_tokens": 148 * 3 * 4, "likelihood_prompts": 148 * 3,
+                    "prefill_tokens": 148 * 3 * 12 + 148 * 3 * (12 + 4)}
+
+
 def test_disk_by_hand():
     table = load_table()
     models = plan(synthetic(), {"a": (1e9, "test"), "b": (1e9, "test")}, table)["models"]

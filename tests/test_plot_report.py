@@ -167,6 +167,26 @@ def test_report_quotes_the_population_weighted_kappa_when_the_crosscheck_measure
     assert "Weighted to the 1200 facts the probe labels (post-stratified): kappa 0.71 [0.5, 0.85]." in text
 
 
+def test_report_quotes_the_screened_bf16_estimator_and_its_screens_misses(tmp_path):
+    params = _params(["a"], sets=("probe.method=rao_blackwell", "probe.rb_samples=1", "probe.rb_max_new_tokens=16",
+                                  "probe.rb_screen_cut=0.001", "probe.dtype=bfloat16"))
+    (tmp_path / "results").mkdir()
+    row = {"spearman_report": 0.9, "kappa_report": 0.85, "kappa_report_raw": 0.84, "calibration": "threshold",
+           "gflops_vs_sample": 30.0, "population_report_raw": {"facts": 1200, "kappa": 0.88, "kappa_ci": [0.7, 1.0]}}
+    (tmp_path / "results" / "probe_crosscheck-a.json").write_text(json.dumps({
+        "dtype": "float32", "selection": {"report": 50, "facts": 100},
+        "summary": {"screened_rao_blackwell_k1_h16": {**row, "kappa_report_raw": 0.5},
+                    "screened_rao_blackwell_k1_h16_bf16": row},
+        "likelihood_screen_bf16": {"likelihood_cut": 0.0012, "missed_facts_report": 1, "above_level0_report": 20,
+                                   "missed_above_level0_report": 0.031},
+        "sampling_noise_ceiling": {}}))
+    text = _report(tmp_path, params)
+    assert "on the facts a likelihood screen sends on (`probe.rb_screen_cut: 0.001`" in text
+    assert "(level 0 below 1/210) 0.84," in text  # the bf16 estimator's row, not the float32 one's
+    assert "kappa 0.88 [0.7, 1.0]." in text
+    assert "left 1 of the 20 REPORT facts above level 0 at level 0 (3.1% weighted)" in text
+
+
 def test_report_precision_reads_only_the_current_grids_cells_not_leftover_files(tmp_path):
     params = _params(["a"])
     cell = paths.cell_name(params.split.levels[0], params.split.sizes[0], params.split.seeds[0])

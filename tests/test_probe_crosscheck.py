@@ -68,3 +68,22 @@ def test_crosscheck_weights_its_agreement_to_every_fact_the_default_probe_labels
     assert fit[chosen["estimator"]] == max(fit.values())
     assert "kappa" in chosen["report_population"]["all"]  # every post-stratum was represented, so it weighted
     assert "missed_above_level0_report" in result["likelihood_screen"]
+
+
+def test_a_screened_estimator_keeps_the_likelihood_below_the_fit_cut_and_samples_above():
+    import numpy as np
+
+    truth = np.array([1, 0, 2, 1, 0, 0])
+    half = np.array([True, True, True, False, False, False])  # FIT: the first three
+    data = probe_crosscheck.Facts([f"f{i}" for i in range(6)], half, ~half, truth * 0.2, truth,
+                                  np.array(["P17"] * 6), np.zeros(6))
+    screen = {"likelihood": [0.04, 0.001, 0.2, 0.01, 0.03, 0.0001], "rao_blackwell_h16": [0.5, 0.0, 0.6, 0.3, 0.1, 0.2]}
+    rows = {run: {f"f{i}": {"score": v} for i, v in enumerate(values)} for run, values in screen.items()}
+    cost = {run: {"gflops": 10.0} for run in ("sample", *screen)}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(probe_crosscheck, "ESTIMATORS", {})
+        patch.setattr(probe_crosscheck, "SCREENED", {"screened": ("likelihood", "rao_blackwell_h16")})
+        score, spent = probe_crosscheck.estimator_scores(data, rows, cost)["screened"]
+    # cut: half the lowest FIT likelihood above level 0 (0.04 / 2); facts 1, 3 and 5 fall below it
+    assert score.tolist() == [0.5, 0.001, 0.6, 0.01, 0.1, 0.0001]
+    assert spent["gflops"] == pytest.approx(10.0 + 10.0 * 3 / 6)

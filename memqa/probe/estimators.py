@@ -128,7 +128,22 @@ def greedy(model, tokenizer, prompts: Prompts, conf: Probe, seed: int) -> list[d
 
 def rao_blackwellised(model, tokenizer, prompts: Prompts, conf: Probe, seed: int) -> list[dict]:
     """rao_blackwell per template: the mean of probe.rb_samples unbiased estimates of P(a sample contains the
-    answer), one per sample (drawn from streams of its own, RB_STREAM); sample_prob: every estimate."""
+    answer), one per sample (drawn from streams of its own, RB_STREAM); sample_prob: every estimate.
+
+    With probe.rb_screen_cut, every fact is first scored by likelihood (a lower bound of R), and only those at or
+    above the cut are sampled; the rest keep their likelihood row, marked screened_out (the cut sits below level
+    0's resolution, memqa.config.Probe, so they are level 0)."""
+    if conf.rb_screen_cut is None:
+        return _rao_blackwell_rows(model, tokenizer, prompts, conf, seed)
+    screen = likelihood(model, tokenizer, prompts, conf, seed)
+    kept = [f for f, row in enumerate(screen) if row["score"] >= conf.rb_screen_cut]
+    subset = Prompts([prompts.facts[f] for f in kept], [t for f in kept for t in prompts.texts[prompts.of_fact(f)]])
+    sampled = dict(zip(kept, _rao_blackwell_rows(model, tokenizer, subset, conf, seed) if kept else [], strict=True))
+    return [{**sampled[f], "screen_likelihood": row["score"]} if f in sampled else {**row, "screened_out": True}
+            for f, row in enumerate(screen)]
+
+
+def _rao_blackwell_rows(model, tokenizer, prompts: Prompts, conf: Probe, seed: int) -> list[dict]:
     variants, answers = _variants(tokenizer, prompts, conf)
     estimates, paths = rao_blackwell(model, tokenizer, prompts.texts, variants, answers, conf,
                                      samples=conf.rb_samples, seed=seed ^ RB_STREAM)
@@ -153,7 +168,8 @@ ESTIMATORS: dict[str, Estimator] = {
     "sample": Estimator(sample, crosscheck="likelihood"),
     "likelihood": Estimator(likelihood, crosscheck="sample"),
     "greedy_containment": Estimator(greedy, crosscheck="sample"),
-    "rao_blackwell": Estimator(rao_blackwellised, crosscheck="sample", own_params=("rb_samples", "rb_max_new_tokens")),
+    "rao_blackwell": Estimator(rao_blackwellised, crosscheck="sample",
+                               own_params=("rb_samples", "rb_max_new_tokens", "rb_screen_cut")),
 }
 
 

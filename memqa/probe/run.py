@@ -52,7 +52,17 @@ def probe_metrics(rows: list[dict], conf: Probe, shards: int, reused: int, proce
         "mean_score": {g: round(sum(r["score"] for r in rows if r["group"] == g) /
                                 max(1, sum(r["group"] == g for r in rows)), 4) for g in GROUPS},
         "relations_probed": dict(sorted(Counter(r["relation"] for r in rows).items())),
+        **({"screen": screen_metrics(rows, conf.rb_screen_cut)}
+           if conf.method == "rao_blackwell" and conf.rb_screen_cut is not None else {}),
     }
+
+
+def screen_metrics(rows: list[dict], cut: float) -> dict:
+    """The likelihood screen's cut and, per probe group, how many facts it sent on to rao_blackwell (scalars:
+    `dvc metrics show` drops lists)."""
+    return {"cut": cut, "sent_on": {g: sum(r["group"] == g and not r.get("screened_out") for r in rows)
+                                    for g in GROUPS},
+            "facts": {g: sum(r["group"] == g for r in rows) for g in GROUPS}}
 
 
 def run_probe(model_name: str, conf: Probe, facts: list[dict], model_dir: Path, cache_root: Path,
