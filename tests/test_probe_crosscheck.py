@@ -68,6 +68,7 @@ def test_crosscheck_weights_its_agreement_to_every_fact_the_default_probe_labels
     assert fit[chosen["estimator"]] == max(fit.values())
     assert "kappa" in chosen["report_population"]["all"]  # every post-stratum was represented, so it weighted
     assert "missed_above_level0_report" in result["likelihood_screen"]
+    assert {"screened_rao_blackwell_k1_h16", "screened_rao_blackwell_k1_h16_bf16"} <= set(result["summary"])
 
 
 def test_a_screened_estimator_keeps_the_likelihood_below_the_fit_cut_and_samples_above():
