@@ -7,7 +7,6 @@ the allowed values of a knob are written here once (the Literal types below) and
 """
 from __future__ import annotations
 
-import difflib
 import re
 from functools import cache
 from pathlib import Path
@@ -29,6 +28,7 @@ from pydantic import (
 from memqa.errors import MemqaError
 from memqa.io import read_yaml
 from memqa.overrides import PARAMS_FILE, apply_overrides, preset_overrides
+from memqa.param_errors import one_line
 from memqa.paths import TEMPLATES_FILE
 
 DTYPE = Literal["bfloat16", "float32", "float16"]
@@ -40,7 +40,6 @@ RELATION_MIX = Literal["matched", "balanced"]  # balanced: each level's own pool
 SHORT_POOL = Literal["use", "skip"]
 SYNONYMS = Literal["published", "none"]
 TEMPLATE_SET = Literal["published", "authored"]
-_UNION_TAG = re.compile(r"constrained-\w+|literal\[.*\]|function-\w+\[.*\]|int|float|str|bool|none|\[key\]")
 _FLOAT_TEXT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 # A model name becomes a folder (data/models/<name>) and a word of a DVC command: letters, digits, '.', '_', '-'
 # only, not starting with '.' or '-' (so no '..', no hidden folder, no option), at most 100 characters.
@@ -245,35 +244,6 @@ def read_reference(path: str | Path) -> dict:
                            "(memqa/resources/published-results.yaml)")
 
 
-def _allowed_keys(loc: tuple) -> list[str]:
-    schema: Any = Params
-    for part in loc[:-1]:
-        if schema is Params and part == "models":
-            schema = ModelSpec
-            continue
-        field = getattr(schema, "model_fields", {}).get(part)
-        if field is None or not isinstance(field.annotation, type) or not issubclass(field.annotation, BaseModel):
-            continue
-        schema = field.annotation
-    return sorted(getattr(schema, "model_fields", {}))
-
-
-def _one_line(error: dict, path: Path) -> str:
-    # pydantic appends the union member it tried ('constrained-int', "literal['all']"): not a params key
-    where = ".".join(str(part) for part in error["loc"] if not _UNION_TAG.fullmatch(str(part)))
-    if error["type"] == "extra_forbidden":
-        allowed = _allowed_keys(tuple(error["loc"]))
-        hint = difflib.get_close_matches(str(error["loc"][-1]), allowed, n=1)
-        fix = f"did you mean '{hint[0]}'?" if hint else f"allowed: {', '.join(allowed)}"
-        return f"unknown key '{where}' in {path}: {fix}"
-    if error["type"] == "missing":
-        return f"{path} lacks '{where}': add it (see docs/development.md, 'Params reference')"
-    message = error["msg"].removeprefix("Value error, ")
-    if error["loc"]:
-        return f"{path}: '{where}' = {error.get('input')!r} is invalid ({message}): fix it"
-    return f"{path}: {message}: fix it"
-
-
 def validate(params: dict[str, Any], path: str | Path = PARAMS_FILE) -> Params:
     """The params, checked against the schema and with defaults filled in; a MemqaError on the first problem."""
     try:
@@ -281,7 +251,7 @@ def validate(params: dict[str, Any], path: str | Path = PARAMS_FILE) -> Params:
     except ValidationError as err:
         # an unknown key first: a misspelt required key is also reported missing, and the typo is the cause
         errors = sorted(err.errors(), key=lambda e: e["type"] != "extra_forbidden")
-        raise MemqaError(_one_line(errors[0], Path(path))) from None
+        raise MemqaError(one_line(errors[0], Path(path), Params, {"models": ModelSpec})) from None
 
 
 def read_params(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
