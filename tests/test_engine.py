@@ -3,6 +3,7 @@ import itertools
 import random
 from unittest import mock
 
+import numpy as np
 import pytest
 import torch
 from transformers import Gemma3ForCausalLM, Gemma3TextConfig
@@ -189,6 +190,30 @@ def test_gumbel_max_samples_the_tempered_softmax():
     expected = torch.softmax(logits.double() / 0.7, -1)
     assert freq[4] == 0
     assert torch.all((freq - expected).abs() <= 4 * (expected * (1 - expected) / n).sqrt() + 1e-9), (freq, expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_pruned_gumbel_max_picks_the_full_argmaxs_tokens(dtype):
+    """The CPU sampler scores only candidates; its tokens equal the argmax of every element's noisy score (first
+    index on ties) on flat, peaked and tied rows (integer logits in bf16 tie often) at two temperatures."""
+    from memqa.decoding import _philox_uniform, _pruned_gumbel_max
+
+    generator = torch.Generator().manual_seed(0)
+    rows = [torch.randn(40, 30000, generator=generator) * scale for scale in (0.1, 1.0, 4.0, 12.0)]
+    rows.append(torch.randint(-3, 3, (40, 30000), generator=generator).float())
+    logits = torch.cat(rows).to(dtype)
+    keys = [row_key(2, p, 0) for p in range(len(logits))]
+    for temperature in (0.7, 1.0):
+        for step in range(3):
+            uniform = _philox_uniform(keys, step, logits.shape[-1])
+            full = (logits.float() / temperature - torch.log(-torch.log(torch.from_numpy(uniform)))).argmax(-1)
+            assert torch.equal(_pruned_gumbel_max(logits, temperature, uniform), full)
+    for key, row in zip(keys[:3], _philox_uniform(keys[:3], 5, 30001), strict=True):  # odd widths too
+        drawn = np.empty(30001, dtype=np.float32)
+        np.random.Generator(np.random.Philox(key=(key << 64) | 5)).random(out=drawn, dtype=np.float32)
+        assert np.array_equal(row, drawn)
+    assert torch.equal(sample_gumbel_max(logits, 0.7, keys, 0), (logits.float() / 0.7 + gumbel_noise(
+        keys, 0, logits.shape[-1], torch.device("cpu"))).argmax(-1))
 
 
 def test_answer_settled_only_when_no_continuation_can_undo_the_match():

@@ -222,6 +222,7 @@ def test_every_preset_applies_to_params_yaml_passes_the_schema_and_changes_somet
     assert load_params(REPO / "params.yaml", preset) != load_params(REPO / "params.yaml")
 
 
-def test_faithful_levels_preset_selects_rao_blackwell_with_one_sample_of_16_tokens():
+def test_faithful_levels_preset_is_the_crosschecks_fit_choice_two_full_length_samples_in_float32_unscreened():
     probe = load_params(REPO / "params.yaml", REPO / "presets" / "faithful-levels.args").probe
-    assert (probe.method, probe.rb_samples, probe.rb_max_new_tokens) == ("rao_blackwell", 1, 16)
+    assert (probe.method, probe.rb_samples, probe.rb_max_new_tokens) == ("rao_blackwell", 2, None)
+    assert (probe.rb_screen_cut, probe.dtype) == (None, "float32")
