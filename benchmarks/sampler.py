@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import torch
-from roofline import pick_facts  # benchmarks/, the script's folder, is on sys.path
+from roofline import _timed, pick_facts  # benchmarks/, the script's folder, is on sys.path
 
 from memqa import decoding, engine
 from memqa.config import load_params
@@ -28,28 +28,18 @@ from memqa.models import load_model
 from memqa.probe import score_facts
 
 
-def full_gumbel_max(logits: torch.Tensor, temperature: float, keys: list[int], step: int) -> torch.Tensor:
-    """The sampler before pruning: Gumbel noise for every element, then the argmax."""
-    noise = decoding.gumbel_noise(keys, step, logits.shape[-1], logits.device)
-    return (logits.float() / temperature + noise).argmax(dim=-1)
-
-
 def best_ms(work, repeats: int) -> float:
+    """The best of `repeats` timed runs after one warm-up, in ms."""
     work()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        work()
-        times.append(time.perf_counter() - started)
-    return round(min(times) * 1000, 1)
+    return round(min(_timed(work) for _ in range(repeats)) * 1000, 1)
 
 
 def step_timing(vocab: int, repeats: int) -> dict:
     logits = (torch.randn(64, vocab, generator=torch.Generator().manual_seed(0)) * 2.5).to(torch.bfloat16)
     keys = [decoding.row_key(0, p, 0) for p in range(64)]
-    full = best_ms(lambda: full_gumbel_max(logits, 0.7, keys, 0), repeats)
+    full = best_ms(lambda: decoding.full_gumbel_max(logits, 0.7, keys, 0), repeats)
     pruned = best_ms(lambda: decoding.sample_gumbel_max(logits, 0.7, keys, 0), repeats)
-    same = torch.equal(full_gumbel_max(logits, 0.7, keys, 0), decoding.sample_gumbel_max(logits, 0.7, keys, 0))
+    same = torch.equal(decoding.full_gumbel_max(logits, 0.7, keys, 0), decoding.sample_gumbel_max(logits, 0.7, keys, 0))
     return {"rows": 64, "vocab": vocab, "full_ms": full, "pruned_ms": pruned, "speedup": round(full / pruned, 2),
             "same_tokens": same}
 
@@ -58,12 +48,14 @@ def probe_timing(model, tokenizer, facts: list[dict], conf) -> dict:
     """rao_blackwell K=1, full length, with each sampler (engine's name patched for the full one)."""
     run_conf = conf.model_copy(update={"rb_samples": 1, "rb_max_new_tokens": None})
     result, scores = {}, {}
-    for name, sampler in (("full", full_gumbel_max), ("pruned", decoding.sample_gumbel_max)):
-        engine.sample_gumbel_max = sampler
-        started = time.perf_counter()
-        scores[name] = score_facts(model, tokenizer, facts, run_conf, "rao_blackwell", seed=0)
-        result[f"{name}_s_per_fact"] = round((time.perf_counter() - started) / len(facts), 2)
-    engine.sample_gumbel_max = decoding.sample_gumbel_max
+    try:
+        for name, sampler in (("full", decoding.full_gumbel_max), ("pruned", decoding.sample_gumbel_max)):
+            engine.sample_gumbel_max = sampler
+            started = time.perf_counter()
+            scores[name] = score_facts(model, tokenizer, facts, run_conf, "rao_blackwell", seed=0)
+            result[f"{name}_s_per_fact"] = round((time.perf_counter() - started) / len(facts), 2)
+    finally:
+        engine.sample_gumbel_max = decoding.sample_gumbel_max
     result["speedup"] = round(result["full_s_per_fact"] / result["pruned_s_per_fact"], 2)
     result["same_scores"] = scores["full"] == scores["pruned"]
     return result

@@ -83,7 +83,12 @@ def gumbel_noise(keys: Sequence[int], step: int, vocab: int, device: torch.devic
         uniform = hashed_uniform(keys, step, vocab, device)
     else:
         uniform = torch.from_numpy(_philox_uniform(keys, step, vocab))
-    return -torch.log(-torch.log(uniform))  # u = 0 gives -inf: never chosen
+    return _gumbel(uniform)
+
+
+def _gumbel(uniform: torch.Tensor) -> torch.Tensor:
+    """Standard Gumbel noise from uniforms: -log(-log u); u = 0 gives -inf, never chosen."""
+    return -torch.log(-torch.log(uniform))
 
 
 def sample_gumbel_max(logits: torch.Tensor, temperature: float, keys: Sequence[int], step: int) -> torch.Tensor:
@@ -96,24 +101,29 @@ def sample_gumbel_max(logits: torch.Tensor, temperature: float, keys: Sequence[i
     """
     if logits.device.type == "cpu":
         return _pruned_gumbel_max(logits, temperature, _philox_uniform(keys, step, logits.shape[-1]))
+    return full_gumbel_max(logits, temperature, keys, step)
+
+
+def full_gumbel_max(logits: torch.Tensor, temperature: float, keys: Sequence[int], step: int) -> torch.Tensor:
+    """Gumbel-max with noise for every element (other devices; on the CPU the reference the pruned one equals)."""
     noise = gumbel_noise(keys, step, logits.shape[-1], logits.device)
     return (logits.float() / temperature + noise).argmax(dim=-1)
 
 
 def _pruned_gumbel_max(logits: torch.Tensor, temperature: float, uniform: np.ndarray) -> torch.Tensor:
-    """argmax(logits.float() / T - log(-log(uniform))) per row, first index on ties, computing the scores only
+    """argmax(logits.float() / T + Gumbel noise of uniform) per row, first index on ties, computing the scores only
     for candidates: the noise of a row is at most G(its largest u), so a token whose scaled logit is below the
     top-logit token's score minus that bound cannot win. On a 262k vocabulary the full transform (two logs,
     a division and an add over every element) costs ~4x the output layer in bf16; the candidates are few."""
     uniform_t = torch.from_numpy(uniform)
     top = logits.argmax(dim=-1, keepdim=True)
-    top_score = logits.gather(-1, top).float() / temperature - torch.log(-torch.log(uniform_t.gather(-1, top)))
-    noise_bound = -torch.log(-torch.log(torch.from_numpy(uniform.max(axis=-1, keepdims=True))))
+    top_score = logits.gather(-1, top).float() / temperature + _gumbel(uniform_t.gather(-1, top))
+    noise_bound = _gumbel(torch.from_numpy(uniform.max(axis=-1, keepdims=True)))
     # slack of two bf16 ulps (2^-6 relative) and more: rounding the cut to the logits' dtype loses no candidate
     cut = (top_score - noise_bound) * temperature
     cut = cut - 2.0 ** -6 * cut.abs() - 1e-3
     rows, cols = torch.nonzero(logits >= cut.to(logits.dtype), as_tuple=True)
-    scores = logits[rows, cols].float() / temperature - torch.log(-torch.log(uniform_t[rows, cols]))
+    scores = logits[rows, cols].float() / temperature + _gumbel(uniform_t[rows, cols])
     best = torch.full((logits.shape[0],), -torch.inf).scatter_reduce(0, rows, scores, "amax")
     winner = torch.where(scores == best[rows], cols, logits.shape[-1])
     return torch.full((logits.shape[0],), logits.shape[-1]).scatter_reduce(0, rows, winner, "amin")

@@ -199,8 +199,9 @@ def test_vllm_samples_the_untruncated_tempered_distribution(world, llm):
 
     # the most spread of the never-taught facts' prompts (the taught model makes some of them near-certain)
     prompts = [fill(t, f["subject"]) for f in world.never for t in templates_for(f["relation"], 21)]
-    prompt = min(prompts, key=lambda p: max(exact_first_text(p).values()))
-    exact = exact_first_text(prompt)
+    exacts = {p: exact_first_text(p) for p in prompts}
+    prompt = min(exacts, key=lambda p: max(exacts[p].values()))
+    exact = exacts[prompt]
     drawn = [text for texts in vllm_engine.sample(engine, tokenizer, [prompt] * 40,
                                                   on(PROBE, engine="vllm", samples=100, max_new_tokens=1), seed=0)
              for text in texts]
