@@ -76,6 +76,7 @@ RUNS = {  # cached run -> (probe.method, probe params it changes)
     "rao_blackwell_h16": ("rao_blackwell", {"rb_samples": 1, "rb_max_new_tokens": 16}),
     "likelihood_bf16": ("likelihood", {"dtype": "bfloat16"}),
     "rao_blackwell_h16_bf16": ("rao_blackwell", {"rb_samples": 1, "rb_max_new_tokens": 16, "dtype": "bfloat16"}),
+    "rao_blackwell_bf16": ("rao_blackwell", {"rb_samples": 1, "dtype": "bfloat16"}),
 }
 ESTIMATORS = {  # estimator -> the runs whose scores it averages and whose costs it adds
     "likelihood": ("likelihood",),
@@ -85,10 +86,12 @@ ESTIMATORS = {  # estimator -> the runs whose scores it averages and whose costs
     "rao_blackwell_k1_h16": ("rao_blackwell_h16",),
     "likelihood_bf16": ("likelihood_bf16",),
     "rao_blackwell_k1_h16_bf16": ("rao_blackwell_h16_bf16",),
+    "rao_blackwell_k1_bf16": ("rao_blackwell_bf16",),
 }
 SCREENED = {  # estimator -> (the likelihood run that screens, the rao_blackwell run the facts it sends on get)
     "screened_rao_blackwell_k1_h16": ("likelihood", "rao_blackwell_h16"),
     "screened_rao_blackwell_k1_h16_bf16": ("likelihood_bf16", "rao_blackwell_h16_bf16"),
+    "screened_rao_blackwell_k1_bf16": ("likelihood_bf16", "rao_blackwell_bf16"),
 }
 STRATA = 10
 CALIBRATIONS = ("threshold", "power", "isotonic")  # each with the level-0 threshold fitted; ties: the simplest

@@ -196,7 +196,7 @@ def test_gumbel_max_samples_the_tempered_softmax():
 def test_pruned_gumbel_max_picks_the_full_argmaxs_tokens(dtype):
     """The CPU sampler scores only candidates; its tokens equal the argmax of every element's noisy score (first
     index on ties) on flat, peaked and tied rows (integer logits in bf16 tie often) at two temperatures."""
-    from memqa.decoding import _philox_uniform, _pruned_gumbel_max
+    from memqa.decoding import _philox_words, _pruned_gumbel_max, _uniform
 
     generator = torch.Generator().manual_seed(0)
     rows = [torch.randn(40, 30000, generator=generator) * scale for scale in (0.1, 1.0, 4.0, 12.0)]
@@ -205,10 +205,10 @@ def test_pruned_gumbel_max_picks_the_full_argmaxs_tokens(dtype):
     keys = [row_key(2, p, 0) for p in range(len(logits))]
     for temperature in (0.7, 1.0):
         for step in range(3):
-            uniform = _philox_uniform(keys, step, logits.shape[-1])
-            full = (logits.float() / temperature - torch.log(-torch.log(torch.from_numpy(uniform)))).argmax(-1)
-            assert torch.equal(_pruned_gumbel_max(logits, temperature, uniform), full)
-    for key, row in zip(keys[:3], _philox_uniform(keys[:3], 5, 30001), strict=True):  # odd widths too
+            words = _philox_words(keys, step, logits.shape[-1])
+            full = (logits.float() / temperature - torch.log(-torch.log(_uniform(words)))).argmax(-1)
+            assert torch.equal(_pruned_gumbel_max(logits, temperature, words), full)
+    for key, row in zip(keys[:3], _uniform(_philox_words(keys[:3], 5, 30001)).numpy(), strict=True):  # odd widths
         drawn = np.empty(30001, dtype=np.float32)
         np.random.Generator(np.random.Philox(key=(key << 64) | 5)).random(out=drawn, dtype=np.float32)
         assert np.array_equal(row, drawn)
@@ -313,3 +313,20 @@ def test_the_probe_stops_at_the_answer_for_a_tokenizer_that_cleans_up_spaces():
 
     stop = stop_at_answer(SimpleNamespace(clean_up_tokenization_spaces=True), contains, lambda p: ["Paris"])
     assert stop is not None and stop(0, " Paris is") and not stop(0, " Lyon")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_tempered_logprobs_at_equals_the_full_log_softmax_gathered(dtype):
+    """The tracer's and likelihood's log probabilities, summed over the vocabulary a few rows at a time, equal the
+    full tempered log-softmax's at the gathered tokens (rows not a multiple of the chunk; greedy too)."""
+    from memqa.teacher_forcing import LSE_ROWS, tempered_logprobs, tempered_logprobs_at
+
+    generator = torch.Generator().manual_seed(3)
+    logits = (torch.randn(2 * LSE_ROWS + 3, 5000, generator=generator) * 4).to(dtype)
+    index = torch.randint(0, 5000, (len(logits), 3), generator=generator)
+    index[:, 0] = logits.argmax(-1)
+    for temperature in (0.7, 1.0):
+        expected = tempered_logprobs(logits, temperature).gather(1, index)
+        assert torch.allclose(tempered_logprobs_at(logits, temperature, index), expected, rtol=0, atol=1e-5)
+    greedy = tempered_logprobs_at(logits, 0.0, index)
+    assert torch.all(greedy[:, 0] == 0) and torch.all(torch.isinf(greedy[:, 1:]) | (index[:, 1:] == index[:, :1]))

@@ -10,7 +10,7 @@ import torch
 from memqa import engine
 from memqa.config import Probe
 from memqa.matching import contains, get_matcher
-from memqa.teacher_forcing import tempered_logprobs
+from memqa.teacher_forcing import tempered_logprobs_at
 
 # The traced estimators teacher-force an answer's tokens after its first only where that first token is likely
 # enough: its tempered probability (greedy_containment: times the greedy prefix's) above REST_FLOOR. Below it
@@ -81,12 +81,13 @@ class PathTracer:
         self.records: dict[tuple[int, int], dict] = {}
 
     def step(self, rows, step, logits, tokens):
-        logprobs = tempered_logprobs(logits, self.temperature)
-        chosen = logprobs.gather(1, tokens[:, None]).squeeze(1).tolist()
         width = max(len(self.firsts[p]) for p, _ in rows)
         index = torch.tensor([self.firsts[p] + [0] * (width - len(self.firsts[p])) for p, _ in rows],
                              device=logits.device)
-        first_lp = logprobs.gather(1, index).tolist()
+        # one log-sum-exp per row for the token chosen and the variants' first tokens
+        gathered = tempered_logprobs_at(logits, self.temperature, torch.cat([tokens[:, None].to(logits.device),
+                                                                             index], dim=1))
+        chosen, first_lp = gathered[:, 0].tolist(), gathered[:, 1:].tolist()
         halt, forks = [], []
         for k, (row, token) in enumerate(zip(rows, tokens.tolist(), strict=True)):
             rec = self.records.setdefault(row, {"chosen": [], "first": [], "mass": 0.0, "halted": None, "rest": {}})
@@ -111,7 +112,7 @@ class PathTracer:
         return out
 
     def forked(self, tags, logits, targets):
-        logprobs = tempered_logprobs(logits, self.temperature).gather(1, targets[:, None].to(logits.device))
+        logprobs = tempered_logprobs_at(logits, self.temperature, targets[:, None])
         for (row, j, v), value in zip(tags, logprobs.squeeze(1).tolist(), strict=True):
             rest = self.records[row]["rest"]
             rest[(j, v)] = rest.get((j, v), 0.0) + value
