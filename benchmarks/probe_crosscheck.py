@@ -12,7 +12,7 @@
    kept) and by every cheap estimator (likelihood, greedy_containment, rao_blackwell with 1 and 2 samples
    per template: the K=2 estimate is the mean of two independent K=1 runs, its cost their sum; and with 1
    sample decoded only 16 tokens, rb_max_new_tokens 16; likelihood and that last one also with the model in
-   bfloat16, "_bf16": how far bf16 moves the levels), in chunks of
+   bfloat16, "_bf16": how far bf16 moves the levels, as is a full-length K=1 run), in chunks of
    --chunk facts, each cached under data/cache/crosscheck/ (a killed run resumes; --stop-after N stops after
    the chunks that hold the first N facts, to time them). The facts are processed in an order that
    interleaves the strata, so a partial run is itself a stratified sample. 4. Analysis, on the facts done:
@@ -31,10 +31,11 @@
    (memqa.agreement): "population_report" holds the weighted kappa with a bootstrap interval, for all probed
    facts and for the in-domain train pool. "chosen_on_fit" picks the estimator by its raw levels' weighted
    kappa on FIT alone (ties: fewer GFLOPs) and reports its REPORT agreement, so the choice never sees REPORT.
-   "likelihood_screen" (and "_bf16"): a cut at half the lowest likelihood among FIT facts above level 0, for
-   sending only the facts that could be above level 0 to a costlier estimator; its weighted miss rate on REPORT
-   and the population share it sends on. The "screened_" estimators are that pipeline (probe.rb_screen_cut):
-   the likelihood below the cut, rao_blackwell K=1, H=16 at or above it, analysed as every other estimator.
+   The "screened_" estimators are the template screen (probe.rb_screen_cut): a template whose likelihood is
+   below the cut keeps it, the others get the rao_blackwell run's value; the cut is the largest of SCREEN_CUTS
+   whose FIT kappa is at least the unscreened run's. "screens" gives per screened estimator that cut, the FIT
+   kappa at every cut, the share of templates sampled and of facts left unsampled (population-weighted too),
+   and the REPORT facts above level 0 it left unsampled.
 """
 from __future__ import annotations
 
@@ -88,7 +89,9 @@ ESTIMATORS = {  # estimator -> the runs whose scores it averages and whose costs
     "rao_blackwell_k1_h16_bf16": ("rao_blackwell_h16_bf16",),
     "rao_blackwell_k1_bf16": ("rao_blackwell_bf16",),
 }
-SCREENED = {  # estimator -> (the likelihood run that screens, the rao_blackwell run the facts it sends on get)
+# The template screen's cuts tried on FIT (probe.rb_screen_cut: at most level 0's resolution, 1/210)
+SCREEN_CUTS = (1e-7, 3e-7, 1e-6, 3e-6, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3)
+SCREENED = {  # estimator -> (the likelihood run that screens, the rao_blackwell run its sampled templates get)
     "screened_rao_blackwell_k1_h16": ("likelihood", "rao_blackwell_h16"),
     "screened_rao_blackwell_k1_h16_bf16": ("likelihood_bf16", "rao_blackwell_h16_bf16"),
     "screened_rao_blackwell_k1_bf16": ("likelihood_bf16", "rao_blackwell_bf16"),
@@ -402,32 +405,59 @@ def run_scores(d: Facts, rows: dict, run: str) -> np.ndarray:
     return np.array([rows[run][i]["score"] for i in d.ids])
 
 
-def screen_cut(d: Facts, screen: np.ndarray) -> float:
-    """Half the lowest screen score among the FIT facts sampling puts above level 0 (0: there are none)."""
-    above = d.fit & (d.truth > 0)
-    return float(np.min(screen[above])) / 2 if above.any() else 0.0
+def template_values(d: Facts, rows: dict, run: str) -> np.ndarray:
+    """[fact, template] the run's per-template values."""
+    return np.array([rows[run][i]["template_prob"] for i in d.ids], dtype=float)
 
 
-def estimator_scores(d: Facts, rows: dict, cost: dict) -> dict[str, tuple[np.ndarray, dict]]:
+def screened_scores(d: Facts, rows: dict, screen_run: str, sampled_run: str,
+                    cut: float) -> tuple[np.ndarray, np.ndarray]:
+    """The template screen (probe.rb_screen_cut) at cut: per fact, the mean over templates of the sampled run's value
+    where the screen's likelihood is >= cut and the likelihood elsewhere; and which templates were sampled."""
+    start, sampled = template_values(d, rows, screen_run), template_values(d, rows, sampled_run)
+    kept = start >= cut
+    return np.where(kept, sampled, start).mean(axis=1), kept
+
+
+def raw_levels(score: np.ndarray, conf: Probe) -> np.ndarray:
+    """The levels as the pipeline makes them: level 0 below 1/(templates x samples), no calibration."""
+    floor = resolution(conf.templates, conf.samples)
+    return np.array([memory_level(s, conf.level_bounds, floor) for s in score])
+
+
+def fit_screen_cut(d: Facts, rows: dict, runs: tuple[str, str], people: Population, conf: Probe,
+                   seed: int) -> tuple[float, dict[str, float | None]]:
+    """The largest of SCREEN_CUTS at which the screened raw levels agree with sampling's on the FIT half
+    (population-weighted kappa) at least as well as the unscreened run's (0.0: none does, no screen); and the FIT
+    kappa at each cut (key "none": unscreened). Chosen without REPORT."""
+    def fit_kappa(score: np.ndarray) -> float | None:
+        return population_agreement(d, d.fit, raw_levels(score[d.fit], conf), people, seed)["all"].get("kappa")
+
+    unscreened = fit_kappa(run_scores(d, rows, runs[1]))
+    by_cut = {"none": unscreened, **{f"{cut:g}": fit_kappa(screened_scores(d, rows, *runs, cut)[0])
+                                     for cut in SCREEN_CUTS}}
+    passing = [cut for cut in SCREEN_CUTS if unscreened is not None and (by_cut[f"{cut:g}"] or -1.0) >= unscreened]
+    return (max(passing) if passing else 0.0), by_cut
+
+
+def estimator_scores(d: Facts, rows: dict, cost: dict, people: Population, conf: Probe,
+                     seed: int) -> dict[str, tuple[np.ndarray, dict]]:
     """Each estimator's score per fact and its cost. A plain one (ESTIMATORS) averages its runs and adds their
-    costs; a screened one (SCREENED) keeps the screen's likelihood below the cut (screen_cut, on FIT) and takes the
-    rao_blackwell run's score at or above it, at the screen's cost plus the rao_blackwell run's times the share of
-    these facts it sent on (the strata oversample high scores: the population's share is likelihood_screen's)."""
+    costs; a screened one (SCREENED) is the template screen at the cut fitted on FIT (fit_screen_cut), at the
+    screen's cost plus the rao_blackwell run's times the share of these facts' templates it sampled."""
     keys = cost["sample"]
     out = {name: (np.mean([run_scores(d, rows, run) for run in runs], axis=0),
                   {key: sum(cost[run][key] for run in runs) for key in keys}) for name, runs in ESTIMATORS.items()}
-    for name, (screen_run, sampled_run) in SCREENED.items():
-        screen, sampled = run_scores(d, rows, screen_run), run_scores(d, rows, sampled_run)
-        sent = screen >= screen_cut(d, screen)
-        out[name] = (np.where(sent, sampled, screen),
-                     {key: cost[screen_run][key] + cost[sampled_run][key] * float(sent.mean()) for key in keys})
+    for name, runs in SCREENED.items():
+        score, kept = screened_scores(d, rows, *runs, fit_screen_cut(d, rows, runs, people, conf, seed)[0])
+        out[name] = (score, {key: cost[runs[0]][key] + cost[runs[1]][key] * float(kept.mean()) for key in keys})
     return out
 
 
 def analyse(data: Facts, rows: dict, cost: dict, conf: Probe, seed: int, people: Population) -> dict:
     """Per estimator, against sampling: correlation, levels under each calibration, cost (module docstring, 4)."""
     return {name: analyse_estimator(data, score, spent, cost["sample"], conf, seed, people)
-            for name, (score, spent) in estimator_scores(data, rows, cost).items()}
+            for name, (score, spent) in estimator_scores(data, rows, cost, people, conf, seed).items()}
 
 
 def analyse_estimator(d: Facts, score: np.ndarray, spent: dict, sample_cost: dict, conf: Probe, seed: int,
@@ -472,24 +502,26 @@ def choose_on_fit(analysis: dict) -> dict:
             "cost_vs_sample": analysis[name]["cost_vs_sample"]}
 
 
-def screen_result(d: Facts, people: Population, screen: np.ndarray, population_scores: np.ndarray | None) -> dict:
-    """A likelihood screen for a costlier estimator: facts whose likelihood (screen, per fact done) is below
-    screen_cut are called level 0 unscored. On REPORT: the share of facts above level 0 it would miss
-    (population-weighted); the share of these facts it sends on, and of the population (population_scores: the
-    same likelihood of every probed fact, when scored)."""
-    above = d.truth > 0
-    cut = screen_cut(d, screen)
-    missed = (screen[d.report] < cut) & above[d.report]
-    result = {"likelihood_cut": cut, "missed_facts_report": int(missed.sum()),
-              "above_level0_report": int(above[d.report].sum()),
-              "sample_share_sent_on": round(float(np.mean(screen >= cut)), 4)}
-    if population_scores is not None:
-        result["population_share_sent_on"] = round(float(np.mean(population_scores >= cut)), 4)
-    weights = half_weights(d, d.report, people, "all")
-    if isinstance(weights, str):
-        return {**result, "error": weights}
+def screen_result(d: Facts, rows: dict, runs: tuple[str, str], people: Population, conf: Probe, seed: int) -> dict:
+    """A screened estimator's template screen (SCREENED: its likelihood run, its rao_blackwell run): the cut fitted on
+    FIT and the FIT kappa at every cut tried; the share of templates it samples and of facts it leaves unsampled
+    (level 0), on these facts and weighted to the population; on REPORT, the facts above level 0 it left unsampled
+    (so at level 0), also weighted."""
+    cut, by_cut = fit_screen_cut(d, rows, runs, people, conf, seed)
+    _, kept = screened_scores(d, rows, *runs, cut)
+    unsampled, above = ~kept.any(axis=1), d.truth > 0
+    missed = unsampled[d.report] & above[d.report]
+    result = {"cut": cut, "fit_kappa_by_cut": by_cut, "template_share_sampled": round(float(kept.mean()), 4),
+              "facts_unsampled": int(unsampled.sum()), "missed_facts_report": int(missed.sum()),
+              "above_level0_report": int(above[d.report].sum())}
+    everyone = half_weights(d, np.ones(len(d.ids), bool), people, "all")
+    report = half_weights(d, d.report, people, "all")
+    if isinstance(everyone, str) or isinstance(report, str):
+        return {**result, "error": everyone if isinstance(everyone, str) else report}
+    result["population_template_share_sampled"] = round(float(np.average(kept.mean(axis=1), weights=everyone)), 4)
+    result["population_facts_unsampled"] = round(float(np.average(unsampled, weights=everyone)), 4)
     if above[d.report].any():
-        result["missed_above_level0_report"] = round(float(weights[missed].sum() / weights[above[d.report]].sum()), 4)
+        result["missed_above_level0_report"] = round(float(report[missed].sum() / report[above[d.report]].sum()), 4)
     return result
 
 
@@ -651,9 +683,7 @@ def result_json(args, conf: Probe, setup: Setup, data: Facts, done: list[dict], 
                       "report": sum(x["half"] == "report" for x in done), "seed": args.seed, "chunk": args.chunk},
         "summary": {name: summary(a) for name, a in analysis.items()},
         "chosen_on_fit": choose_on_fit(analysis),
-        "likelihood_screen": screen_result(data, people, run_scores(data, rows, "likelihood"),
-                                           np.array([v[0] for v in setup.population.values()])),
-        "likelihood_screen_bf16": screen_result(data, people, run_scores(data, rows, "likelihood_bf16"), None),
+        "screens": {name: screen_result(data, rows, runs, people, conf, args.seed) for name, runs in SCREENED.items()},
         "population": {"facts": len(setup.population), "train_facts": int(len(people.strata["train"])),
                        "post_strata_bounds": people.bounds.tolist()},
         "sampling_noise_ceiling": noise_ceiling(done, rows, conf, args.seed),
@@ -723,7 +753,8 @@ def main() -> None:
     out = Path(f"benchmarks/results/probe_crosscheck-{args.model}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
-    scores = {name: score for name, (score, _) in estimator_scores(data, rows, cost).items()}
+    people = Population.of(setup.pool, setup.population, args.facts, args.strata)
+    scores = {name: score for name, (score, _) in estimator_scores(data, rows, cost, people, conf, args.seed).items()}
     plot(out.with_suffix(".png"), data, scores, result["estimators"], conf, args.model)
     print(json.dumps({k: result[k] for k in ("selection", "summary", "sampling_noise_ceiling", "sample_cost")},
                      indent=1))

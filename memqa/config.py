@@ -108,7 +108,8 @@ class Probe(Section):
     crosscheck_facts: Annotated[int, Field(ge=0)] = 0
     rb_samples: Count = 2  # rao_blackwell: samples per template (each gives an unbiased estimate)
     rb_max_new_tokens: Count | None = None  # rao_blackwell: decode samples only this far (None: max_new_tokens)
-    rb_screen_cut: Annotated[Float, Field(gt=0)] | None = None  # rao_blackwell: sample only facts of likelihood >= it
+    # rao_blackwell: sample only templates whose likelihood is >= it
+    rb_screen_cut: Annotated[Float, Field(gt=0)] | None = None
     # published: the paper's templates where recovered, memqa's own for the rest (params.yaml's choice);
     # authored: memqa's own (what a params file without the key, and the tests' tiny models, use)
     template_set: TEMPLATE_SET = "authored"
@@ -138,10 +139,10 @@ class Probe(Section):
     @field_validator("rb_screen_cut")
     @classmethod
     def _screen_below_resolution(cls, cut: float | None, info: ValidationInfo) -> float | None:
-        # a fact screened out keeps its likelihood score, which must then read as level 0
+        # a fact whose every template is screened keeps their likelihood, whose mean must then read as level 0
         floor = 1.0 / (info.data.get("templates", 1) * info.data.get("samples", 1))
         if cut is not None and cut > floor:
-            raise ValueError(f"{cut} is above level 0's resolution 1/{round(1 / floor)}: a fact it screens out "
+            raise ValueError(f"{cut} is above level 0's resolution 1/{round(1 / floor)}: a fact it leaves unsampled "
                              f"would not be level 0; use a cut <= {floor:.6f}, or null for no screen")
         return cut
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-import numpy as np
 import torch
 
 _MASK64 = (1 << 64) - 1
@@ -40,58 +39,61 @@ def _lsr(x: torch.Tensor, shift: int) -> torch.Tensor:
     return (x >> shift) & ((1 << (64 - shift)) - 1)
 
 
+def _splitmix_bits(x: torch.Tensor) -> torch.Tensor:
+    """splitmix64's output for states x (int64, already advanced), as uniforms in [0, 1): its top 24 bits."""
+    for shift, factor in ((30, _C1), (27, _C2)):
+        x = x ^ _lsr(x, shift)
+        x = x * _signed(factor)
+    x = x ^ _lsr(x, 31)
+    return _lsr(x, 40).float() * 2.0 ** -24
+
+
 def splitmix_uniform(states: torch.Tensor, vocab: int) -> torch.Tensor:
     """Uniform [0, 1) float32, [len(states), vocab]: element v of row k is splitmix64's output v + 1 from the 64-bit
     state states[k] (int64), its top 24 bits. Integer arithmetic only (wrapping int64 multiplies), so every device
     computes the same bits, and one draw covers the whole batch: a few kernels, not one per row."""
-    x = states[:, None] + torch.arange(1, vocab + 1, device=states.device) * _signed(_GAMMA)
-    for shift, factor in ((30, _C1), (27, _C2)):
-        x ^= _lsr(x, shift)
-        x *= _signed(factor)
-    x ^= _lsr(x, 31)
-    return _lsr(x, 40).float() * 2.0 ** -24
+    return _splitmix_bits(states[:, None] + torch.arange(1, vocab + 1, device=states.device) * _signed(_GAMMA))
+
+
+def splitmix_at(states: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """splitmix_uniform(states, vocab)[k, index[k]] for every k, without the rest of the rows: the stream is
+    counter-based, so any element is computed on its own."""
+    return _splitmix_bits(states + (index + 1) * _signed(_GAMMA))
+
+
+def _states(keys: Sequence[int], step: int, device: torch.device) -> torch.Tensor:
+    """Each row's splitmix64 state at a step: _mix64(key ^ _mix64(step)), as int64."""
+    return torch.tensor([_signed(_mix64(key ^ _mix64(step))) for key in keys], dtype=torch.long, device=device)
 
 
 def hashed_uniform(keys: Sequence[int], step: int, vocab: int, device: torch.device) -> torch.Tensor:
-    """Uniform [0, 1) float32, [len(keys), vocab], on device: splitmix_uniform from the state
-    _mix64(key ^ _mix64(step)) of each row, every row in one draw (in chunks of _CHUNK elements)."""
-    states = torch.tensor([_signed(_mix64(key ^ _mix64(step))) for key in keys], dtype=torch.long, device=device)
+    """Uniform [0, 1) float32, [len(keys), vocab], on device: splitmix_uniform from each row's state (_states),
+    every row in one draw (in chunks of _CHUNK elements)."""
     if not keys:
         return torch.empty(0, vocab, device=device)
+    states = _states(keys, step, device)
     return torch.cat([splitmix_uniform(part, vocab) for part in states.split(max(1, _CHUNK // vocab))])
 
 
-def _philox_words(keys: Sequence[int], step: int, vocab: int) -> np.ndarray:
-    """numpy's Philox4x64 keyed by (key, step), row by row: [len(keys), vocab] 32-bit halves of its raw 64-bit
-    words (each word's low then its high half), drawn in bulk; _uniform turns them into Generator.random's floats."""
-    raw = np.empty((len(keys), (vocab + 1) // 2), dtype=np.uint64)
-    for k, key in enumerate(keys):
-        raw[k] = np.random.Philox(key=(key << 64) | step).random_raw(raw.shape[1])
-    return raw.astype("<u8", copy=False).view("<u4")[:, :vocab]
-
-
-def _uniform(words: np.ndarray) -> torch.Tensor:
-    """Uniform [0, 1) float32 from 32-bit words: the top 24 bits, as Generator.random(dtype=float32) keeps them."""
-    return torch.from_numpy((words >> 8).astype(np.float32) * np.float32(2.0 ** -24))
-
-
 def gumbel_noise(keys: Sequence[int], step: int, vocab: int, device: torch.device) -> torch.Tensor:
-    """Standard Gumbel noise, [len(keys), vocab]: row k's from a counter-based stream keyed by (keys[k], step),
-    so a row's noise depends on nothing but its key and the step.
-
-    CPU: numpy's Philox4x64 keyed by (key, step), row by row. Other devices (CUDA): hashed_uniform, the whole
-    batch in one draw (the two streams differ; each is reproducible, and the CUDA one equals hashed_uniform on CPU).
-    """
-    if device.type != "cpu":
-        uniform = hashed_uniform(keys, step, vocab, device)
-    else:
-        uniform = _uniform(_philox_words(keys, step, vocab))
-    return _gumbel(uniform)
+    """Standard Gumbel noise, [len(keys), vocab]: row k's from a counter-based stream keyed by (keys[k], step)
+    (hashed_uniform), so a row's noise depends on nothing but its key and the step, and every device draws the
+    same bits."""
+    return _gumbel(hashed_uniform(keys, step, vocab, device))
 
 
 def _gumbel(uniform: torch.Tensor) -> torch.Tensor:
     """Standard Gumbel noise from uniforms: -log(-log u); u = 0 gives -inf, never chosen."""
     return -torch.log(-torch.log(uniform))
+
+
+def _gumbel(uniform: torch.Tensor) -> torch.Tensor:
+    """Standard Gumbel noise from uniforms: -log(-log u); u = 0 gives -inf, never chosen."""
+    return -torch.log(-torch.log(uniform))
+
+
+# The largest noise a 24-bit uniform (at most 1 - 2^-24) gives, as _gumbel computes it in float32: ~16.64
+GUMBEL_MAX = float(_gumbel(torch.tensor([1.0 - 2.0 ** -24])))
 
 
 def sample_gumbel_max(logits: torch.Tensor, temperature: float, keys: Sequence[int], step: int) -> torch.Tensor:
@@ -100,10 +102,10 @@ def sample_gumbel_max(logits: torch.Tensor, temperature: float, keys: Sequence[i
     Exact sampling from the tempered, untruncated distribution, with each row's noise its own. Unlike
     inverse-CDF sampling, a tiny change of the logits (the rounding of another batch shape) changes the
     token only when the two best noisy scores are that close, not whenever any boundary moves.
-    On the CPU the noise is transformed only where it can matter (_pruned_gumbel_max): the same tokens.
+    On the CPU the noise is drawn only where it can matter (_pruned_gumbel_max): the same tokens as the full draw.
     """
     if logits.device.type == "cpu":
-        return _pruned_gumbel_max(logits, temperature, _philox_words(keys, step, logits.shape[-1]))
+        return _pruned_gumbel_max(logits, temperature, _states(keys, step, logits.device))
     return full_gumbel_max(logits, temperature, keys, step)
 
 
@@ -113,22 +115,25 @@ def full_gumbel_max(logits: torch.Tensor, temperature: float, keys: Sequence[int
     return (logits.float() / temperature + noise).argmax(dim=-1)
 
 
-def _pruned_gumbel_max(logits: torch.Tensor, temperature: float, words: np.ndarray) -> torch.Tensor:
-    """argmax(logits.float() / T + Gumbel noise of _uniform(words)) per row, first index on ties, computing the
-    scores only for candidates: the noise of a row is at most G(its largest u), so a token whose scaled logit is
-    below the top-logit token's score minus that bound cannot win. On a 262k vocabulary the full transform (two
-    logs, a division and an add over every element) costs ~4x the output layer in bf16; the candidates are few.
-    The words are turned into uniforms only where read (u's order is the words' order, so the largest u is the
-    largest word's), and the top logit comes from max, not argmax (3x faster on bf16; both take the first index)."""
+def _pruned_gumbel_max(logits: torch.Tensor, temperature: float, states: torch.Tensor) -> torch.Tensor:
+    """argmax(logits.float() / T + Gumbel noise of the rows' streams) per row, first index on ties, drawing the noise
+    only for candidates: no noise exceeds GUMBEL_MAX, so a token whose scaled logit is below the top-logit token's
+    score minus GUMBEL_MAX cannot win; the stream is counter-based (splitmix_at), so the candidates' noise is
+    drawn alone. On a 262k vocabulary drawing and transforming every element costs more than the output layer in
+    bf16; the candidates are few. The top logit comes from max, not argmax (3x faster on bf16; both take the
+    first index). A top token whose u is 0 (noise -inf) makes every token a candidate: still exact. Rows so flat
+    that over an eighth of the elements are candidates are drawn densely instead (the same noise, so the same
+    tokens)."""
     top_logit, top = logits.max(dim=-1, keepdim=True)
-    top_words = np.take_along_axis(words, top.numpy(), axis=-1)
-    top_score = top_logit.float() / temperature + _gumbel(_uniform(top_words))
-    noise_bound = _gumbel(_uniform(words.max(axis=-1, keepdims=True)))
+    top_score = top_logit.float() / temperature + _gumbel(splitmix_at(states[:, None], top))
     # slack of two bf16 ulps (2^-6 relative) and more: rounding the cut to the logits' dtype loses no candidate
-    cut = (top_score - noise_bound) * temperature
+    cut = (top_score - GUMBEL_MAX) * temperature
     cut = cut - 2.0 ** -6 * cut.abs() - 1e-3
     rows, cols = torch.nonzero(logits >= cut.to(logits.dtype), as_tuple=True)
-    scores = logits[rows, cols].float() / temperature + _gumbel(_uniform(words[rows.numpy(), cols.numpy()]))
+    if len(rows) > logits.numel() // 8:  # flat rows: the dense draw is cheaper per element than gathering
+        noise = torch.cat([_gumbel(splitmix_uniform(part, logits.shape[-1])) for part in states.split(8)])
+        return (logits.float() / temperature + noise).argmax(dim=-1)
+    scores = logits[rows, cols].float() / temperature + _gumbel(splitmix_at(states[rows], cols))
     best = torch.full((logits.shape[0],), -torch.inf).scatter_reduce(0, rows, scores, "amax")
     winner = torch.where(scores == best[rows], cols, logits.shape[-1])
     return torch.full((logits.shape[0],), logits.shape[-1]).scatter_reduce(0, rows, winner, "amin")

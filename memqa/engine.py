@@ -90,6 +90,7 @@ class _Rules:
     stop_ids: frozenset[int]
     stop_when: Callable[[int, str], bool] | None
     cleanup: Callable[[str], str] | None = None
+    stream_ids: Sequence[int] | None = None  # per prompt, the index its random streams are keyed by (None: its own)
 
 
 @dataclass
@@ -174,7 +175,8 @@ def _decode_batch(model, prompts: list[list[int]], batch: list[int], rules: _Rul
                                               num_samples, rules.device)
     rows = [(p, s) for p in batch for s in range(num_samples)]  # in the cache's batch order
     texts = RowTexts(rules.tokenizer, rules.cleanup, len(rows)) if rules.stop_when is not None else None
-    b = _Batch(rows, [row_key(seed, p, s) for p, s in rows], [[] for _ in rows], list(range(len(rows))), cache,
+    ids = rules.stream_ids or range(len(prompts))
+    b = _Batch(rows, [row_key(seed, ids[p], s) for p, s in rows], [[] for _ in rows], list(range(len(rows))), cache,
                logits, mask, positions[:, -1:], texts)
     while b.active or b.forks:
         n = len(b.active)
@@ -189,10 +191,12 @@ def _decode_batch(model, prompts: list[list[int]], batch: list[int], rules: _Rul
 @torch.inference_mode()
 def generate_traced(model, tokenizer, prompts: Sequence[str], tracer: Tracer, *, max_new_tokens: int,
                     num_samples: int = 1, temperature: float = 0.0, batch_size: int = 32, seed: int = 0,
-                    progress=None, stop_when: Callable[[int, str], bool] | None = None) -> list[list[list[int]]]:
+                    progress=None, stop_when: Callable[[int, str], bool] | None = None,
+                    stream_ids: Sequence[int] | None = None) -> list[list[list[int]]]:
     """The decode loop: every prompt completed num_samples times (temperature 0: greedy), watched by a tracer,
     which may also fork rows to teacher-force short continuations. Returns [prompt][sample] token ids, without
-    the stop token (EOS) that ended a completion.
+    the stop token (EOS) that ended a completion. stream_ids[p]: the prompt index prompt p's random streams are
+    keyed by (default p), so a subset of a call's prompts draws the completions the whole call would.
 
     stop_when(prompt index, text so far) -> True ends that completion after the token just chosen (the probe:
     it already contains a gold answer); the text is the completion's decoded text (memqa.decoding.RowTexts: one
@@ -215,7 +219,7 @@ def generate_traced(model, tokenizer, prompts: Sequence[str], tracer: Tracer, *,
     if cleanup == CLEANUP_UNKNOWN:  # a decode whose text no prefix rule covers: decode to full length
         stop_when, cleanup = None, None
     rules = _Rules(tokenizer, tracer, next(model.parameters()).device, max_new_tokens, temperature,
-                   frozenset(_stop_ids(model, tokenizer)), stop_when, cleanup)
+                   frozenset(_stop_ids(model, tokenizer)), stop_when, cleanup, stream_ids)
     outputs: list[list[list[int]]] = [[] for _ in prompts]
     per_batch = max(1, batch_size // num_samples) if num_samples > 1 else batch_size
     for batch in length_sorted_batches([len(e) for e in encoded], per_batch):

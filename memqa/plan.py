@@ -89,7 +89,7 @@ def workload(params: Params, table: dict[str, Any]) -> dict[str, Any]:
 
     probing = probe_work(probe.method, probed)
     if probe.method == "rao_blackwell" and probe.rb_screen_cut is not None:
-        # the share the screen sends on is known only after it ran: counted as every fact (an upper bound)
+        # the share of templates the screen sends on is known only after it ran: counted as all (an upper bound)
         screen = probe_work("likelihood", probed)
         probing = {key: probing[key] + screen[key] for key in probing}
     if probe.crosscheck_facts:

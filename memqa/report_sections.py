@@ -42,8 +42,9 @@ def _method_line(probe) -> str:
     if probe.method == "rao_blackwell" and probe.rb_screen_cut is not None:
         samples = f"{probe.rb_samples} sample{'s' if probe.rb_samples > 1 else ''}"
         return (f"Levels made by `probe.method: rao_blackwell` ({samples} per template, decoded "
-                f"{probe.rb_max_new_tokens or probe.max_new_tokens} tokens, {probe.dtype}) on the facts a likelihood "
-                f"screen sends on (`probe.rb_screen_cut: {probe.rb_screen_cut}`: below it a fact is level 0 unsampled)")
+                f"{probe.rb_max_new_tokens or probe.max_new_tokens} tokens, {probe.dtype}) on the templates a "
+                f"likelihood screen sends on (`probe.rb_screen_cut: {probe.rb_screen_cut}`: a template whose "
+                f"likelihood is below it keeps that lower bound unsampled; a fact with no template sent on is level 0)")
     return f"Levels made by `probe.method: {probe.method}`"
 
 
@@ -93,13 +94,15 @@ def _population_kappa(population: dict | None) -> str:
 
 
 def _screen_misses(result: dict, name: str) -> str:
-    """For a screened estimator: the REPORT facts above level 0 its likelihood screen would have left at 0."""
-    screen = result.get("likelihood_screen_bf16" if name.endswith("_bf16") else "likelihood_screen")
+    """For a screened estimator: its template screen's fitted cut, what it samples, and the REPORT facts above
+    level 0 it left unsampled (so at level 0)."""
+    screen = result.get("screens", {}).get(name)
     if not name.startswith("screened_") or not screen or "missed_above_level0_report" not in screen:
         return ""
-    return (f" Its screen (cut fitted on FIT: {screen['likelihood_cut']:.2g}) left {screen['missed_facts_report']} of "
-            f"the {screen['above_level0_report']} REPORT facts above level 0 at level 0 "
-            f"({100 * screen['missed_above_level0_report']:.1f}% weighted).")
+    return (f" Its screen (cut fitted on FIT: {screen['cut']:.2g}) samples "
+            f"{100 * screen['population_template_share_sampled']:.1f}% of the templates (weighted to those facts) and "
+            f"left {screen['missed_facts_report']} of the {screen['above_level0_report']} REPORT facts above level 0 "
+            f"unsampled ({100 * screen['missed_above_level0_report']:.1f}% weighted).")
 
 
 def _cross_model(plots_dir: Path) -> list[str]:

@@ -3,7 +3,6 @@ import itertools
 import random
 from unittest import mock
 
-import numpy as np
 import pytest
 import torch
 from transformers import Gemma3ForCausalLM, Gemma3TextConfig
@@ -194,26 +193,39 @@ def test_gumbel_max_samples_the_tempered_softmax():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_pruned_gumbel_max_picks_the_full_argmaxs_tokens(dtype):
-    """The CPU sampler scores only candidates; its tokens equal the argmax of every element's noisy score (first
-    index on ties) on flat, peaked and tied rows (integer logits in bf16 tie often) at two temperatures."""
-    from memqa.decoding import _philox_words, _pruned_gumbel_max, _uniform
-
+    """The CPU sampler draws noise only for candidates; its tokens equal the argmax of every element's noisy score
+    (first index on ties) on flat, peaked and tied rows (integer logits in bf16 tie often) at two temperatures,
+    and a candidate's noise is the full draw's element."""
     generator = torch.Generator().manual_seed(0)
-    rows = [torch.randn(40, 30000, generator=generator) * scale for scale in (0.1, 1.0, 4.0, 12.0)]
+    rows = [torch.randn(40, 30000, generator=generator) * scale for scale in (0.1, 1.0, 4.0, 12.0, 40.0)]
     rows.append(torch.randint(-3, 3, (40, 30000), generator=generator).float())
     logits = torch.cat(rows).to(dtype)
     keys = [row_key(2, p, 0) for p in range(len(logits))]
     for temperature in (0.7, 1.0):
         for step in range(3):
-            words = _philox_words(keys, step, logits.shape[-1])
-            full = (logits.float() / temperature - torch.log(-torch.log(_uniform(words)))).argmax(-1)
-            assert torch.equal(_pruned_gumbel_max(logits, temperature, words), full)
-    for key, row in zip(keys[:3], _uniform(_philox_words(keys[:3], 5, 30001)).numpy(), strict=True):  # odd widths
-        drawn = np.empty(30001, dtype=np.float32)
-        np.random.Generator(np.random.Philox(key=(key << 64) | 5)).random(out=drawn, dtype=np.float32)
-        assert np.array_equal(row, drawn)
+            full = (logits.float() / temperature + gumbel_noise(keys, step, logits.shape[-1], torch.device("cpu")))
+            states = decoding._states(keys, step, torch.device("cpu"))
+            assert torch.equal(decoding._pruned_gumbel_max(logits, temperature, states), full.argmax(-1))
+    states = decoding._states(keys[:3], 5, torch.device("cpu"))
+    index = torch.tensor([[0, 17], [29999, 5], [123, 123]])
+    assert torch.equal(decoding.splitmix_at(states[:, None], index),
+                       decoding.hashed_uniform(keys[:3], 5, 30000, torch.device("cpu")).gather(1, index))
     assert torch.equal(sample_gumbel_max(logits, 0.7, keys, 0), (logits.float() / 0.7 + gumbel_noise(
         keys, 0, logits.shape[-1], torch.device("cpu"))).argmax(-1))
+
+
+def test_pruned_gumbel_max_is_exact_when_the_top_tokens_noise_is_minus_infinity():
+    """u = 0 at the top-logit token (noise -inf): every token is a candidate and the token is still the full
+    argmax's (the next-best one here, all other uniforms being equal)."""
+    logits = torch.tensor([[5.0, 4.0, -3.0, 1.0]])
+    states = decoding._states([row_key(0, 0, 0)], 0, torch.device("cpu"))
+
+    def uniform_at(_states, index):  # u = 0 at token 0, 0.5 elsewhere
+        return (index != 0).float() * 0.5
+
+    dense = lambda st, vocab: uniform_at(st, torch.arange(vocab).expand(len(st), -1))  # noqa: E731
+    with mock.patch.object(decoding, "splitmix_at", uniform_at), mock.patch.object(decoding, "splitmix_uniform", dense):
+        assert decoding._pruned_gumbel_max(logits, 0.7, states).tolist() == [1]
 
 
 def test_answer_settled_only_when_no_continuation_can_undo_the_match():

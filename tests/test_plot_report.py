@@ -117,7 +117,7 @@ def test_report_lists_each_knob_of_the_paper_preset_that_this_run_sets_otherwise
                                   "sft.lora_r=8"))
     deviations = _deviations(_report(tmp_path, params))
     assert deviations["sft.max_length"] == ("64", "128") and deviations["evaluate.max_new_tokens"] == ("8", "16")
-    assert deviations["probe.method"] == ("likelihood", "sample")
+    assert deviations["probe.method"] == ("rao_blackwell", "sample")
     assert "probe.templates" not in deviations and "sft.lora_r" not in deviations
     preset_knobs = {item.split("=")[0] for item in preset_overrides(REPO / paths.PAPER_PRESET)}
     assert set(deviations) <= preset_knobs
@@ -130,7 +130,7 @@ def test_report_lists_no_deviation_for_a_run_with_the_paper_preset_applied(tmp_p
 
 
 def test_report_projects_the_test_facts_an_inconclusive_claim_needs_and_quotes_the_estimator_agreement(tmp_path):
-    params = _params(["a"], sets=("probe.method=likelihood",))
+    params = _params(["a"], sets=("probe.method=likelihood", "probe.dtype=float32"))
     variance = {"seed": 0.0, "fact": 4.0, "interaction": 0.0, "fact_df": 100_000, "interaction_df": 200_000}
     undecided = {**VERDICTS[0], "verdict": "inconclusive", "verdict_holm": "inconclusive", "threshold": -5.0,
                  "effect": {"value": -3.0, "low": -6.9, "high": 0.9, "facts": 150, "seeds": 3, "p": 0.3,
@@ -154,7 +154,7 @@ def test_report_projects_the_test_facts_an_inconclusive_claim_needs_and_quotes_t
 
 
 def test_report_quotes_the_population_weighted_kappa_when_the_crosscheck_measured_it(tmp_path):
-    params = _params(["a"], sets=("probe.method=likelihood",))
+    params = _params(["a"], sets=("probe.method=likelihood", "probe.dtype=float32"))
     (tmp_path / "results").mkdir()
     population = {"facts": 1200, "kappa": 0.71, "kappa_ci": [0.5, 0.85]}
     (tmp_path / "results" / "probe_crosscheck-a.json").write_text(json.dumps({
@@ -177,18 +177,20 @@ def test_report_quotes_the_screened_bf16_estimator_and_its_screens_misses(tmp_pa
         "dtype": "float32", "selection": {"report": 50, "facts": 100},
         "summary": {"screened_rao_blackwell_k1_h16": {**row, "kappa_report_raw": 0.5},
                     "screened_rao_blackwell_k1_h16_bf16": row},
-        "likelihood_screen_bf16": {"likelihood_cut": 0.0012, "missed_facts_report": 1, "above_level0_report": 20,
-                                   "missed_above_level0_report": 0.031},
+        "screens": {"screened_rao_blackwell_k1_h16_bf16": {
+            "cut": 0.001, "missed_facts_report": 1, "above_level0_report": 20, "missed_above_level0_report": 0.031,
+            "population_template_share_sampled": 0.366}},
         "sampling_noise_ceiling": {}}))
     text = _report(tmp_path, params)
-    assert "on the facts a likelihood screen sends on (`probe.rb_screen_cut: 0.001`" in text
+    assert "on the templates a likelihood screen sends on (`probe.rb_screen_cut: 0.001`" in text
     assert "(level 0 below 1/210) 0.84," in text  # the bf16 estimator's row, not the float32 one's
     assert "kappa 0.88 [0.7, 1.0]." in text
-    assert "left 1 of the 20 REPORT facts above level 0 at level 0 (3.1% weighted)" in text
+    assert "samples 36.6% of the templates" in text
+    assert "left 1 of the 20 REPORT facts above level 0 unsampled (3.1% weighted)" in text
 
 
 def test_report_precision_reads_only_the_current_grids_cells_not_leftover_files(tmp_path):
-    params = _params(["a"])
+    params = _params(["a"], sets=("probe.dtype=float32",))
     cell = paths.cell_name(params.split.levels[0], params.split.sizes[0], params.split.seeds[0])
     (tmp_path / "sft" / "a").mkdir(parents=True)
     (tmp_path / "sft" / "a" / f"{cell}.json").write_text('{"precision": "float32 weights"}')

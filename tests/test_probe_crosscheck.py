@@ -67,24 +67,24 @@ def test_crosscheck_weights_its_agreement_to_every_fact_the_default_probe_labels
            for name, a in result["estimators"].items()}
     assert fit[chosen["estimator"]] == max(fit.values())
     assert "kappa" in chosen["report_population"]["all"]  # every post-stratum was represented, so it weighted
-    assert "missed_above_level0_report" in result["likelihood_screen"]
-    assert {"screened_rao_blackwell_k1_h16", "screened_rao_blackwell_k1_h16_bf16"} <= set(result["summary"])
+    screens = result["screens"]
+    assert set(screens) == {"screened_rao_blackwell_k1_h16", "screened_rao_blackwell_k1_h16_bf16",
+                            "screened_rao_blackwell_k1_bf16"}
+    assert "missed_facts_report" in screens["screened_rao_blackwell_k1_bf16"]
+    assert set(screens) <= set(result["summary"])
 
 
-def test_a_screened_estimator_keeps_the_likelihood_below_the_fit_cut_and_samples_above():
+def test_a_screened_estimator_keeps_each_templates_likelihood_below_the_fit_cut_and_samples_above():
     import numpy as np
 
-    truth = np.array([1, 0, 2, 1, 0, 0])
-    half = np.array([True, True, True, False, False, False])  # FIT: the first three
-    data = probe_crosscheck.Facts([f"f{i}" for i in range(6)], half, ~half, truth * 0.2, truth,
-                                  np.array(["P17"] * 6), np.zeros(6))
-    screen = {"likelihood": [0.04, 0.001, 0.2, 0.01, 0.03, 0.0001], "rao_blackwell_h16": [0.5, 0.0, 0.6, 0.3, 0.1, 0.2]}
-    rows = {run: {f"f{i}": {"score": v} for i, v in enumerate(values)} for run, values in screen.items()}
-    cost = {run: {"gflops": 10.0} for run in ("sample", *screen)}
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(probe_crosscheck, "ESTIMATORS", {})
-        patch.setattr(probe_crosscheck, "SCREENED", {"screened": ("likelihood", "rao_blackwell_h16")})
-        score, spent = probe_crosscheck.estimator_scores(data, rows, cost)["screened"]
-    # cut: half the lowest FIT likelihood above level 0 (0.04 / 2); facts 1, 3 and 5 fall below it
-    assert score.tolist() == [0.5, 0.001, 0.6, 0.01, 0.1, 0.0001]
-    assert spent["gflops"] == pytest.approx(10.0 + 10.0 * 3 / 6)
+    truth = np.array([1, 0, 1, 0])
+    half = np.array([True, True, False, False])  # FIT: the first two
+    data = probe_crosscheck.Facts([f"f{i}" for i in range(4)], half, ~half, truth * 0.2, truth,
+                                  np.array(["P17"] * 4), np.zeros(4))
+    start = [[1e-3, 1e-8], [1e-8, 1e-8], [2e-5, 1e-3], [1e-6, 1e-8]]  # per template
+    sampled = [[0.5, 0.2], [0.3, 0.0], [0.6, 0.4], [0.1, 0.2]]
+    rows = {run: {f"f{i}": {"template_prob": v, "score": float(np.mean(v))} for i, v in enumerate(values)}
+            for run, values in (("likelihood", start), ("rao_blackwell_h16", sampled))}
+    score, kept = probe_crosscheck.screened_scores(data, rows, "likelihood", "rao_blackwell_h16", 1e-5)
+    assert kept.tolist() == [[True, False], [False, False], [True, True], [False, False]]
+    assert score.tolist() == pytest.approx([(0.5 + 1e-8) / 2, 1e-8, 0.5, (1e-6 + 1e-8) / 2])

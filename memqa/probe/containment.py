@@ -59,15 +59,17 @@ def greedy_containment(model, tokenizer, prompts: list[str], variants: list[list
 
 
 def rao_blackwell(model, tokenizer, prompts: list[str], variants: list[list[tuple[int, ...]]],
-                  answers: list[list[str]], conf: Probe, *, samples: int, seed: int) -> tuple[list[list[float]], list]:
+                  answers: list[list[str]], conf: Probe, *, samples: int, seed: int,
+                  stream_ids: list[int] | None = None) -> tuple[list[list[float]], list]:
     """Per prompt, `samples` unbiased estimates of P(a temperature-T sample of <= N tokens contains a gold
     answer), one from each sample x (drawn as the sampler draws, stopped at its first match tau), by rb_estimate;
     also the paths. With probe.rb_max_new_tokens = H < N, a sample is decoded only H tokens and only the
     positions before H count: the estimate is then an unbiased one of a lower bound of P(contains).
     Rao-Blackwellised: each step's "does the answer begin here" indicator is replaced by its conditional
-    probability given the prefix, so a fact below the sampler's resolution still gets a graded score."""
+    probability given the prefix, so a fact below the sampler's resolution still gets a graded score.
+    stream_ids: the prompts' random streams (engine.generate_traced)."""
     paths = trace_paths(model, tokenizer, prompts, variants, answers, conf, samples=samples,
-                        temperature=conf.temperature, seed=seed, horizon=conf.rb_max_new_tokens)
+                        temperature=conf.temperature, seed=seed, horizon=conf.rb_max_new_tokens, stream_ids=stream_ids)
     matcher = get_matcher(conf.matcher)
     value = []
     for p, rows in enumerate(paths):

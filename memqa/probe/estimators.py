@@ -80,6 +80,16 @@ def sample(model, tokenizer, prompts: Prompts, conf: Probe, seed: int) -> list[d
 def likelihood(model, tokenizer, prompts: Prompts, conf: Probe, seed: int) -> list[dict]:
     """A lower bound of sampling's R: per template, the probability that a sample starts with the answer (its best
     alias, after a space), from one teacher-forced pass per alias."""
+    best = _starts_with_answer(model, tokenizer, prompts, conf)
+    rows = []
+    for f in range(len(prompts.facts)):
+        probs = [round(b, 6) for b in best[prompts.of_fact(f)]]
+        rows.append({"template_prob": probs, "score": sum(probs) / len(probs)})
+    return rows
+
+
+def _starts_with_answer(model, tokenizer, prompts: Prompts, conf: Probe) -> list[float]:
+    """Per prompt, P(a sample starts with ' ' + its best alias), unrounded."""
     texts = prompts.texts
     pairs = [(p, " " + answer) for p in range(len(texts)) for answer in prompts.answers(p)]
     logprobs = teacher_forcing.continuation_logprobs(model, tokenizer, [texts[p] for p, _ in pairs],
@@ -88,11 +98,7 @@ def likelihood(model, tokenizer, prompts: Prompts, conf: Probe, seed: int) -> li
     best = [0.0] * len(texts)  # the best alias per prompt
     for (p, _), logprob in zip(pairs, logprobs, strict=True):
         best[p] = max(best[p], math.exp(logprob))
-    rows = []
-    for f in range(len(prompts.facts)):
-        probs = [round(b, 6) for b in best[prompts.of_fact(f)]]
-        rows.append({"template_prob": probs, "score": sum(probs) / len(probs)})
-    return rows
+    return best
 
 
 def _variants(tokenizer, prompts: Prompts, conf: Probe) -> tuple[list[list[tuple[int, ...]]], list[list[str]]]:
@@ -130,28 +136,49 @@ def rao_blackwellised(model, tokenizer, prompts: Prompts, conf: Probe, seed: int
     """rao_blackwell per template: the mean of probe.rb_samples unbiased estimates of P(a sample contains the
     answer), one per sample (drawn from streams of its own, RB_STREAM); sample_prob: every estimate.
 
-    With probe.rb_screen_cut, every fact is first scored by likelihood (a lower bound of R), and only those at or
-    above the cut are sampled; the rest keep their likelihood row, marked screened_out (the cut sits below level
-    0's resolution, memqa.config.Probe, so they are level 0)."""
+    With probe.rb_screen_cut c, every template is first scored by likelihood (P(a sample starts with the answer),
+    a lower bound of its P(contains)) and only those at or above c are sampled; the others keep that lower bound
+    (sample_prob []). A sampled template draws the streams it would unscreened, so screening changes a score only
+    at the screened templates. A fact none of whose templates reaches c is marked screened_out: its score is below
+    c, which sits below level 0's resolution (memqa.config.Probe), so it is level 0."""
     if conf.rb_screen_cut is None:
-        return _rao_blackwell_rows(model, tokenizer, prompts, conf, seed)
-    screen = likelihood(model, tokenizer, prompts, conf, seed)
-    kept = [f for f, row in enumerate(screen) if row["score"] >= conf.rb_screen_cut]
-    subset = Prompts([prompts.facts[f] for f in kept], [t for f in kept for t in prompts.texts[prompts.of_fact(f)]])
-    sampled = dict(zip(kept, _rao_blackwell_rows(model, tokenizer, subset, conf, seed) if kept else [], strict=True))
-    return [{**sampled[f], "screen_likelihood": row["score"]} if f in sampled else {**row, "screened_out": True}
-            for f, row in enumerate(screen)]
-
-
-def _rao_blackwell_rows(model, tokenizer, prompts: Prompts, conf: Probe, seed: int) -> list[dict]:
-    variants, answers = _variants(tokenizer, prompts, conf)
-    estimates, paths = rao_blackwell(model, tokenizer, prompts.texts, variants, answers, conf,
-                                     samples=conf.rb_samples, seed=seed ^ RB_STREAM)
+        return _rao_blackwell_rows(model, tokenizer, prompts, conf, seed, list(range(len(prompts.texts))))
+    start = _starts_with_answer(model, tokenizer, prompts, conf)
+    kept = [p for p, value in enumerate(start) if value >= conf.rb_screen_cut]
+    sampled = dict(zip(kept, _rao_blackwell_estimates(model, tokenizer, prompts, conf, seed, kept), strict=True))
     rows = []
     for f in range(len(prompts.facts)):
-        mine = prompts.of_fact(f)
-        rows.append(_traced_row(tokenizer, [sum(e) / conf.rb_samples for e in estimates[mine]], paths[mine], conf,
-                                sample_prob=[[round(v, 6) for v in e] for e in estimates[mine]]))
+        mine = range(len(prompts.texts))[prompts.of_fact(f)]
+        estimates = [sampled.get(p, ([], []))[0] for p in mine]
+        value = [sum(e) / len(e) if e else start[p] for p, e in zip(mine, estimates, strict=True)]
+        extra = {"screen_likelihood": round(sum(start[p] for p in mine) / len(mine), 6),
+                 "screened_templates": sum(not e for e in estimates)}
+        if not any(estimates):
+            extra["screened_out"] = True
+        rows.append(_traced_row(tokenizer, value, [sampled.get(p, ([], []))[1] for p in mine], conf,
+                                sample_prob=[[round(v, 6) for v in e] for e in estimates], **extra))
+    return rows
+
+
+def _rao_blackwell_estimates(model, tokenizer, prompts: Prompts, conf: Probe, seed: int,
+                             chosen: list[int]) -> list[tuple[list[float], list[dict]]]:
+    """Per chosen prompt (indices into prompts.texts, which key their streams): its rb_samples estimates and paths."""
+    if not chosen:
+        return []
+    variants, answers = _variants(tokenizer, prompts, conf)
+    estimates, paths = rao_blackwell(model, tokenizer, [prompts.texts[p] for p in chosen],
+                                     [variants[p] for p in chosen], [answers[p] for p in chosen], conf,
+                                     samples=conf.rb_samples, seed=seed ^ RB_STREAM, stream_ids=chosen)
+    return list(zip(estimates, paths, strict=True))
+
+
+def _rao_blackwell_rows(model, tokenizer, prompts: Prompts, conf: Probe, seed: int, chosen: list[int]) -> list[dict]:
+    found = _rao_blackwell_estimates(model, tokenizer, prompts, conf, seed, chosen)
+    rows = []
+    for f in range(len(prompts.facts)):
+        mine = found[prompts.of_fact(f)]
+        rows.append(_traced_row(tokenizer, [sum(e) / len(e) for e, _ in mine], [paths for _, paths in mine], conf,
+                                sample_prob=[[round(v, 6) for v in e] for e, _ in mine]))
     return rows
 
 

@@ -58,11 +58,17 @@ def probe_metrics(rows: list[dict], conf: Probe, shards: int, reused: int, proce
 
 
 def screen_metrics(rows: list[dict], cut: float) -> dict:
-    """The likelihood screen's cut and, per probe group, how many facts it sent on to rao_blackwell (scalars:
-    `dvc metrics show` drops lists)."""
+    """The likelihood screen's cut and, per probe group, the facts and templates it sent on to rao_blackwell (a
+    fact is sent on when one of its templates is; scalars: `dvc metrics show` drops lists)."""
+    def templates(row: dict) -> int:
+        return len(row["template_prob"])
+
     return {"cut": cut, "sent_on": {g: sum(r["group"] == g and not r.get("screened_out") for r in rows)
                                     for g in GROUPS},
-            "facts": {g: sum(r["group"] == g for r in rows) for g in GROUPS}}
+            "facts": {g: sum(r["group"] == g for r in rows) for g in GROUPS},
+            "templates_sent_on": {g: sum(templates(r) - r["screened_templates"] for r in rows if r["group"] == g)
+                                  for g in GROUPS},
+            "templates": {g: sum(templates(r) for r in rows if r["group"] == g) for g in GROUPS}}
 
 
 def run_probe(model_name: str, conf: Probe, facts: list[dict], model_dir: Path, cache_root: Path,

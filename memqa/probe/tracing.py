@@ -120,7 +120,8 @@ class PathTracer:
 
 def trace_paths(model, tokenizer, prompts: list[str], variants: list[list[tuple[int, ...]]],
                 answers: list[list[str]], conf: Probe, *, samples: int, temperature: float, seed: int,
-                path_floor: float | None = None, horizon: int | None = None) -> list[list[dict]]:
+                path_floor: float | None = None, horizon: int | None = None,
+                stream_ids: list[int] | None = None) -> list[list[dict]]:
     """Decode every prompt `samples` times (temperature 0: greedy; the sampler's per-completion streams) and
     record along each path: [prompt][sample] {tokens, chosen, first, rest, match, halted}.
 
@@ -131,14 +132,16 @@ def trace_paths(model, tokenizer, prompts: list[str], variants: list[list[tuple[
     answer (as the sampler's), or with path_floor (greedy) once its own tempered probability falls below it
     (halted: that probability). match = the number of tokens after which the text first contains an answer
     (None: never); the positions recorded are exactly those before it. horizon: decode at most this many
-    tokens (forks still teacher-force variants that end by max_new_tokens).
+    tokens (forks still teacher-force variants that end by max_new_tokens). stream_ids: the prompts' random
+    streams (engine.generate_traced).
     """
     matcher = get_matcher(conf.matcher)
     tracer = PathTracer(variants, conf, greedy=temperature == 0, path_floor=path_floor)
     decode = min(horizon or conf.max_new_tokens, conf.max_new_tokens)
     ids = engine.generate_traced(model, tokenizer, prompts, tracer, max_new_tokens=decode, num_samples=samples,
                                  temperature=temperature, batch_size=conf.batch_size, seed=seed,
-                                 stop_when=stop_at_answer(tokenizer, matcher, answers.__getitem__))
+                                 stop_when=stop_at_answer(tokenizer, matcher, answers.__getitem__),
+                                 stream_ids=stream_ids)
     out = []
     for p, paths in enumerate(ids):
         out.append([])
