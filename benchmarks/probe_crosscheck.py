@@ -425,13 +425,18 @@ def raw_levels(score: np.ndarray, conf: Probe) -> np.ndarray:
     return np.array([memory_level(s, conf.level_bounds, floor) for s in score])
 
 
-def fit_screen_cut(d: Facts, rows: dict, runs: tuple[str, str], people: Population, conf: Probe,
-                   seed: int) -> tuple[float, dict[str, float | None]]:
+def fit_screen_cut(d: Facts, rows: dict, runs: tuple[str, str], people: Population,
+                   conf: Probe) -> tuple[float, dict[str, float | None]]:
     """The largest of SCREEN_CUTS at which the screened raw levels agree with sampling's on the FIT half
     (population-weighted kappa) at least as well as the unscreened run's (0.0: none does, no screen); and the FIT
     kappa at each cut (key "none": unscreened). Chosen without REPORT."""
-    def fit_kappa(score: np.ndarray) -> float | None:
-        return population_agreement(d, d.fit, raw_levels(score[d.fit], conf), people, seed)["all"].get("kappa")
+    weights = half_weights(d, d.fit, people, "all")
+
+    def fit_kappa(score: np.ndarray) -> float | None:  # population_agreement's kappa, without its interval
+        if isinstance(weights, str):
+            return None
+        value = agreement_kappa(d.truth[d.fit], raw_levels(score[d.fit], conf), weights, len(LEVELS))
+        return None if value is None else round(value, 4)
 
     unscreened = fit_kappa(run_scores(d, rows, runs[1]))
     by_cut = {"none": unscreened, **{f"{cut:g}": fit_kappa(screened_scores(d, rows, *runs, cut)[0])
@@ -440,8 +445,8 @@ def fit_screen_cut(d: Facts, rows: dict, runs: tuple[str, str], people: Populati
     return (max(passing) if passing else 0.0), by_cut
 
 
-def estimator_scores(d: Facts, rows: dict, cost: dict, people: Population, conf: Probe,
-                     seed: int) -> dict[str, tuple[np.ndarray, dict]]:
+def estimator_scores(d: Facts, rows: dict, cost: dict, people: Population,
+                     conf: Probe) -> dict[str, tuple[np.ndarray, dict]]:
     """Each estimator's score per fact and its cost. A plain one (ESTIMATORS) averages its runs and adds their
     costs; a screened one (SCREENED) is the template screen at the cut fitted on FIT (fit_screen_cut), at the
     screen's cost plus the rao_blackwell run's times the share of these facts' templates it sampled."""
@@ -449,7 +454,7 @@ def estimator_scores(d: Facts, rows: dict, cost: dict, people: Population, conf:
     out = {name: (np.mean([run_scores(d, rows, run) for run in runs], axis=0),
                   {key: sum(cost[run][key] for run in runs) for key in keys}) for name, runs in ESTIMATORS.items()}
     for name, runs in SCREENED.items():
-        score, kept = screened_scores(d, rows, *runs, fit_screen_cut(d, rows, runs, people, conf, seed)[0])
+        score, kept = screened_scores(d, rows, *runs, fit_screen_cut(d, rows, runs, people, conf)[0])
         out[name] = (score, {key: cost[runs[0]][key] + cost[runs[1]][key] * float(kept.mean()) for key in keys})
     return out
 
@@ -457,7 +462,7 @@ def estimator_scores(d: Facts, rows: dict, cost: dict, people: Population, conf:
 def analyse(data: Facts, rows: dict, cost: dict, conf: Probe, seed: int, people: Population) -> dict:
     """Per estimator, against sampling: correlation, levels under each calibration, cost (module docstring, 4)."""
     return {name: analyse_estimator(data, score, spent, cost["sample"], conf, seed, people)
-            for name, (score, spent) in estimator_scores(data, rows, cost, people, conf, seed).items()}
+            for name, (score, spent) in estimator_scores(data, rows, cost, people, conf).items()}
 
 
 def analyse_estimator(d: Facts, score: np.ndarray, spent: dict, sample_cost: dict, conf: Probe, seed: int,
@@ -502,12 +507,12 @@ def choose_on_fit(analysis: dict) -> dict:
             "cost_vs_sample": analysis[name]["cost_vs_sample"]}
 
 
-def screen_result(d: Facts, rows: dict, runs: tuple[str, str], people: Population, conf: Probe, seed: int) -> dict:
+def screen_result(d: Facts, rows: dict, runs: tuple[str, str], people: Population, conf: Probe) -> dict:
     """A screened estimator's template screen (SCREENED: its likelihood run, its rao_blackwell run): the cut fitted on
     FIT and the FIT kappa at every cut tried; the share of templates it samples and of facts it leaves unsampled
     (level 0), on these facts and weighted to the population; on REPORT, the facts above level 0 it left unsampled
     (so at level 0), also weighted."""
-    cut, by_cut = fit_screen_cut(d, rows, runs, people, conf, seed)
+    cut, by_cut = fit_screen_cut(d, rows, runs, people, conf)
     _, kept = screened_scores(d, rows, *runs, cut)
     unsampled, above = ~kept.any(axis=1), d.truth > 0
     missed = unsampled[d.report] & above[d.report]
@@ -683,7 +688,7 @@ def result_json(args, conf: Probe, setup: Setup, data: Facts, done: list[dict], 
                       "report": sum(x["half"] == "report" for x in done), "seed": args.seed, "chunk": args.chunk},
         "summary": {name: summary(a) for name, a in analysis.items()},
         "chosen_on_fit": choose_on_fit(analysis),
-        "screens": {name: screen_result(data, rows, runs, people, conf, args.seed) for name, runs in SCREENED.items()},
+        "screens": {name: screen_result(data, rows, runs, people, conf) for name, runs in SCREENED.items()},
         "population": {"facts": len(setup.population), "train_facts": int(len(people.strata["train"])),
                        "post_strata_bounds": people.bounds.tolist()},
         "sampling_noise_ceiling": noise_ceiling(done, rows, conf, args.seed),
@@ -754,7 +759,7 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
     people = Population.of(setup.pool, setup.population, args.facts, args.strata)
-    scores = {name: score for name, (score, _) in estimator_scores(data, rows, cost, people, conf, args.seed).items()}
+    scores = {name: score for name, (score, _) in estimator_scores(data, rows, cost, people, conf).items()}
     plot(out.with_suffix(".png"), data, scores, result["estimators"], conf, args.model)
     print(json.dumps({k: result[k] for k in ("selection", "summary", "sampling_noise_ceiling", "sample_cost")},
                      indent=1))

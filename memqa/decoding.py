@@ -69,9 +69,13 @@ def _states(keys: Sequence[int], step: int, device: torch.device) -> torch.Tenso
 def hashed_uniform(keys: Sequence[int], step: int, vocab: int, device: torch.device) -> torch.Tensor:
     """Uniform [0, 1) float32, [len(keys), vocab], on device: splitmix_uniform from each row's state (_states),
     every row in one draw (in chunks of _CHUNK elements)."""
-    if not keys:
-        return torch.empty(0, vocab, device=device)
-    states = _states(keys, step, device)
+    return _dense_uniform(_states(keys, step, device), vocab)
+
+
+def _dense_uniform(states: torch.Tensor, vocab: int) -> torch.Tensor:
+    """splitmix_uniform(states, vocab), in chunks of _CHUNK elements."""
+    if not len(states):
+        return torch.empty(0, vocab, device=states.device)
     return torch.cat([splitmix_uniform(part, vocab) for part in states.split(max(1, _CHUNK // vocab))])
 
 
@@ -80,11 +84,6 @@ def gumbel_noise(keys: Sequence[int], step: int, vocab: int, device: torch.devic
     (hashed_uniform), so a row's noise depends on nothing but its key and the step, and every device draws the
     same bits."""
     return _gumbel(hashed_uniform(keys, step, vocab, device))
-
-
-def _gumbel(uniform: torch.Tensor) -> torch.Tensor:
-    """Standard Gumbel noise from uniforms: -log(-log u); u = 0 gives -inf, never chosen."""
-    return -torch.log(-torch.log(uniform))
 
 
 def _gumbel(uniform: torch.Tensor) -> torch.Tensor:
@@ -111,8 +110,12 @@ def sample_gumbel_max(logits: torch.Tensor, temperature: float, keys: Sequence[i
 
 def full_gumbel_max(logits: torch.Tensor, temperature: float, keys: Sequence[int], step: int) -> torch.Tensor:
     """Gumbel-max with noise for every element (other devices; on the CPU the reference the pruned one equals)."""
-    noise = gumbel_noise(keys, step, logits.shape[-1], logits.device)
-    return (logits.float() / temperature + noise).argmax(dim=-1)
+    return _dense_gumbel_max(logits, temperature, _states(keys, step, logits.device))
+
+
+def _dense_gumbel_max(logits: torch.Tensor, temperature: float, states: torch.Tensor) -> torch.Tensor:
+    """argmax(logits / T + Gumbel noise of every element of the rows' streams)."""
+    return (logits.float() / temperature + _gumbel(_dense_uniform(states, logits.shape[-1]))).argmax(dim=-1)
 
 
 def _pruned_gumbel_max(logits: torch.Tensor, temperature: float, states: torch.Tensor) -> torch.Tensor:
@@ -131,8 +134,7 @@ def _pruned_gumbel_max(logits: torch.Tensor, temperature: float, states: torch.T
     cut = cut - 2.0 ** -6 * cut.abs() - 1e-3
     rows, cols = torch.nonzero(logits >= cut.to(logits.dtype), as_tuple=True)
     if len(rows) > logits.numel() // 8:  # flat rows: the dense draw is cheaper per element than gathering
-        noise = torch.cat([_gumbel(splitmix_uniform(part, logits.shape[-1])) for part in states.split(8)])
-        return (logits.float() / temperature + noise).argmax(dim=-1)
+        return _dense_gumbel_max(logits, temperature, states)
     scores = logits[rows, cols].float() / temperature + _gumbel(splitmix_at(states[rows], cols))
     best = torch.full((logits.shape[0],), -torch.inf).scatter_reduce(0, rows, scores, "amax")
     winner = torch.where(scores == best[rows], cols, logits.shape[-1])

@@ -141,22 +141,24 @@ def rao_blackwellised(model, tokenizer, prompts: Prompts, conf: Probe, seed: int
     (sample_prob []). A sampled template draws the streams it would unscreened, so screening changes a score only
     at the screened templates. A fact none of whose templates reaches c is marked screened_out: its score is below
     c, which sits below level 0's resolution (memqa.config.Probe), so it is level 0."""
-    if conf.rb_screen_cut is None:
-        return _rao_blackwell_rows(model, tokenizer, prompts, conf, seed, list(range(len(prompts.texts))))
-    start = _starts_with_answer(model, tokenizer, prompts, conf)
-    kept = [p for p, value in enumerate(start) if value >= conf.rb_screen_cut]
+    screened = conf.rb_screen_cut is not None
+    start = _starts_with_answer(model, tokenizer, prompts, conf) if screened else None
+    kept = [p for p, value in enumerate(start) if value >= conf.rb_screen_cut] if screened else \
+        list(range(len(prompts.texts)))
     sampled = dict(zip(kept, _rao_blackwell_estimates(model, tokenizer, prompts, conf, seed, kept), strict=True))
     rows = []
     for f in range(len(prompts.facts)):
         mine = range(len(prompts.texts))[prompts.of_fact(f)]
-        estimates = [sampled.get(p, ([], []))[0] for p in mine]
-        value = [sum(e) / len(e) if e else start[p] for p, e in zip(mine, estimates, strict=True)]
-        extra = {"screen_likelihood": round(sum(start[p] for p in mine) / len(mine), 6),
-                 "screened_templates": sum(not e for e in estimates)}
-        if not any(estimates):
-            extra["screened_out"] = True
-        rows.append(_traced_row(tokenizer, value, [sampled.get(p, ([], []))[1] for p in mine], conf,
-                                sample_prob=[[round(v, 6) for v in e] for e in estimates], **extra))
+        found = [sampled.get(p, ([], [])) for p in mine]  # (estimates, paths); ([], []): screened
+        value = [sum(e) / len(e) if e else start[p] for p, (e, _) in zip(mine, found, strict=True)]
+        extra = {}
+        if screened:
+            extra = {"screen_likelihood": round(sum(start[p] for p in mine) / len(mine), 6),
+                     "screened_templates": sum(not e for e, _ in found)}
+            if not any(e for e, _ in found):
+                extra["screened_out"] = True
+        rows.append(_traced_row(tokenizer, value, [paths for _, paths in found], conf,
+                                sample_prob=[[round(v, 6) for v in e] for e, _ in found], **extra))
     return rows
 
 
@@ -170,16 +172,6 @@ def _rao_blackwell_estimates(model, tokenizer, prompts: Prompts, conf: Probe, se
                                      [variants[p] for p in chosen], [answers[p] for p in chosen], conf,
                                      samples=conf.rb_samples, seed=seed ^ RB_STREAM, stream_ids=chosen)
     return list(zip(estimates, paths, strict=True))
-
-
-def _rao_blackwell_rows(model, tokenizer, prompts: Prompts, conf: Probe, seed: int, chosen: list[int]) -> list[dict]:
-    found = _rao_blackwell_estimates(model, tokenizer, prompts, conf, seed, chosen)
-    rows = []
-    for f in range(len(prompts.facts)):
-        mine = found[prompts.of_fact(f)]
-        rows.append(_traced_row(tokenizer, [sum(e) / len(e) for e, _ in mine], [paths for _, paths in mine], conf,
-                                sample_prob=[[round(v, 6) for v in e] for e, _ in mine]))
-    return rows
 
 
 @dataclass(frozen=True)
