@@ -229,7 +229,8 @@ def load_model(model_dir: str | Path, dtype: str = "bfloat16", on: torch.device 
 def compute_dtype(conf: Sft) -> torch.dtype:
     """The dtype the forward pass runs in (`auto`): bf16 on CUDA, fp32 on CPU.
 
-    On CPU fp32 is not slower (measured: docs/development.md, "Measured wall times").
+    auto keeps fp32 on CPU, where bf16 is fast only with native bf16 instructions; params.yaml sets bfloat16,
+    measured faster on this CPU (benchmarks/README.md, "Precision").
 
     Full fine-tuning keeps fp32 master weights whatever this is (AdamW at lr 1e-5 on bf16 weights rounds
     most updates away); a bf16 compute dtype then means bf16 autocast.
