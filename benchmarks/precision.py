@@ -1,7 +1,7 @@
 """One cell's SFT and evaluation in fp32 and in bf16 (sft.compute_dtype): wall times, and how far the answers move.
 
     .venv/bin/python benchmarks/precision.py                           # after `make repro`: cell L1-n120-s0
-    .venv/bin/python benchmarks/precision.py --cell L0-n60-s1 --model gemma3-270m
+    .venv/bin/python benchmarks/precision.py --level 0 --size 60 --seed 1 --model gemma3-270m
 
 For each dtype it trains the cell on its training set (params.yaml's `sft`, the dtype swapped) into a temporary
 folder, then evaluates that adapter greedily on both test sets as the evaluate stage does (params.yaml's
@@ -36,7 +36,9 @@ DTYPES = ("float32", "bfloat16")
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="gemma3-270m")
-    parser.add_argument("--cell", default="L1-n120-s0", help="a trained cell of the default grid")
+    parser.add_argument("--level", type=int, default=1, help="the cell of the default grid to train")
+    parser.add_argument("--size", default="120", help="its training-set size (a number or 'all')")
+    parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args()
 
 
@@ -58,18 +60,19 @@ def timed_cell(train: list[dict], tests: list[dict], params, dtype: str, model: 
 def main() -> None:
     args = parse_args()
     params = load_params()
-    train = read_facts(paths.train_set(args.model, args.cell), "run `make repro` first")
+    cell = paths.cell_name(args.level, args.size, args.seed)
+    train = read_facts(paths.train_set(args.model, cell), "run `make repro` first")
     tests = with_synonyms([f for domain in DOMAINS
                            for f in read_facts(paths.test_set(args.model, domain), "run `make repro` first")],
                           params.matching)
-    result = {"model": args.model, "cell": args.cell, "method": params.sft.method, "test_facts": len(tests),
+    result = {"model": args.model, "cell": cell, "method": params.sft.method, "test_facts": len(tests),
               "eval_batch": params.evaluate.batch_size, "threads": torch.get_num_threads(),
               "load_average_1m_start": os.getloadavg()[0], "versions": versions(), "dtypes": {}}
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
         for dtype in DTYPES:
-            result["dtypes"][dtype], rows[dtype] = timed_cell(train, tests, params, dtype, args.model,
-                                                              int(args.cell.rsplit("-s", 1)[1]), Path(tmp))
+            result["dtypes"][dtype], rows[dtype] = timed_cell(train, tests, params, dtype, args.model, args.seed,
+                                                              Path(tmp))
             print(dtype, json.dumps(result["dtypes"][dtype]), flush=True)
     pairs = list(zip(rows["float32"], rows["bfloat16"], strict=True))
     result["bfloat16_vs_float32"] = {"outputs_equal": sum(a["output"] == b["output"] for a, b in pairs),
