@@ -250,7 +250,18 @@ def save_trained(accelerator, model, tokenizer, method: str, dtype: torch.dtype,
                                                            indent=2) + "\n")
     elif accelerator.is_main_process:
         unwrapped.save_pretrained(folder)
+        sort_target_modules(folder / "adapter_config.json")
     accelerator.wait_for_everyone()
+
+
+def sort_target_modules(config_path: Path) -> None:
+    """peft keeps target_modules as a set and writes it in the process's string-hash order, so two runs of one cell
+    wrote different adapter_config.json bytes around identical weights, and DVC saw a changed output (and reran its
+    evaluation). Sorted, the folder's bytes depend on the training only; the JSON layout stays peft's."""
+    config = json.loads(config_path.read_text())
+    if isinstance(config.get("target_modules"), list):
+        config["target_modules"] = sorted(config["target_modules"])
+        config_path.write_text(json.dumps(config, indent=2, sort_keys=True))
 
 
 def fine_tune(facts: list[dict], conf: Sft, seed: int, model_dir: Path, out_dir: Path, log_path: Path,

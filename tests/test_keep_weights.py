@@ -2,6 +2,7 @@
 adapters stay. DVC runs a cell's sft right before its evaluate, so one cell's weights are on disk at a time."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from memqa.errors import MemqaError
 from memqa.evaluation import drop_scratch_weights, evaluate_cell
 from memqa.io import read_json
 from memqa.prompts import qa_prompt
-from memqa.training import fine_tune
+from memqa.training import fine_tune, sort_target_modules
 from tests import tiny
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,6 +63,18 @@ def test_keep_weights_true_and_adapters_keep_their_weights_in_the_sft_output(wor
     _, out, scratch, _ = _fine_tune(root, model_dir, train, SFT.model_copy(update={"method": "lora"}), "lora")
     assert (out / "adapter_model.safetensors").is_file() and not scratch.exists()
     assert drop_scratch_weights(out) is None
+
+
+def test_an_adapter_config_lists_its_target_modules_sorted_whatever_the_hash_seed(world, tmp_path):
+    root, model_dir, train, _ = world
+    _, out, _, _ = _fine_tune(root, model_dir, train, SFT.model_copy(update={"method": "lora"}), "sorted")
+    modules = read_json(out / "adapter_config.json")["target_modules"]
+    assert len(modules) > 3 and modules == sorted(modules)  # peft's set order: 1 in len! runs without the sort
+    config = tmp_path / "adapter_config.json"
+    config.write_text(json.dumps({"r": 4, "target_modules": ["v_proj", "down_proj", "q_proj"]}, indent=2))
+    sort_target_modules(config)
+    assert config.read_text() == json.dumps({"r": 4, "target_modules": ["down_proj", "q_proj", "v_proj"]},
+                                            indent=2, sort_keys=True)
 
 
 def test_an_empty_training_set_still_writes_every_declared_output(world):

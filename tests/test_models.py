@@ -179,3 +179,23 @@ def test_a_materialised_model_with_a_garbage_tokenizer_names_its_materialize_sta
     _noise(model_dir / "tokenizer.json")
     with pytest.raises(MemqaError, match="tokenizer.json is not JSON.*`dvc repro materialize@tiny`"):
         load_tokenizer(model_dir)
+
+
+def test_gguf_parsed_once_shares_one_reader_per_file_and_restores_gguf(tmp_path, monkeypatch):
+    gguf = pytest.importorskip("gguf")
+    from memqa.models import gguf_parsed_once
+
+    parsed = []
+
+    class CountingReader:
+        def __init__(self, path, mode="r"):
+            parsed.append((Path(path).name, mode))
+
+    monkeypatch.setattr(gguf, "GGUFReader", CountingReader)
+    a, b = tmp_path / "a.gguf", tmp_path / "b.gguf"
+    with gguf_parsed_once():
+        first = gguf.GGUFReader(a)  # transformers: config, tokenizer, then weights, each its own reader
+        assert gguf.GGUFReader(str(a)) is first and gguf.GGUFReader(tmp_path / "." / "a.gguf") is first
+        assert gguf.GGUFReader(b) is not first
+    assert parsed == [("a.gguf", "r"), ("b.gguf", "r")]
+    assert gguf.GGUFReader is CountingReader
