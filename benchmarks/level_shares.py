@@ -18,7 +18,7 @@ from collections import Counter
 from pathlib import Path
 
 from memqa import paths
-from memqa.config import load_params
+from memqa.config import Params, load_params
 from memqa.facts import read_facts
 from memqa.io import read_jsonl
 from memqa.matching import with_synonyms
@@ -27,9 +27,8 @@ from memqa.probe import run_probe
 GROUPS = ("train", "test_id", "test_ood")
 
 
-def run_authored(project: Path, model: str, cache: Path, synonyms: bool) -> tuple[list[dict], float]:
+def run_authored(params: Params, project: Path, model: str, cache: Path, synonyms: bool) -> tuple[list[dict], float]:
     """The project's probe with memqa's own templates, with the project's synonym table or with none."""
-    params = load_params(project / "params.yaml")
     conf = params.probe.model_copy(update={"template_set": "authored"})
     matching = params.matching if synonyms else params.matching.model_copy(update={"synonyms": "none"})
     facts = with_synonyms(read_facts(project / paths.FACTS), matching)
@@ -52,13 +51,13 @@ def main() -> None:
     parser.add_argument("--model", default="gemma3-270m")
     parser.add_argument("--cache", type=Path, default=Path("data/cache/level_shares"))
     args = parser.parse_args()
+    params = load_params(args.project / "params.yaml")
     a_rows, wall_a = (read_jsonl(args.before), None) if args.before else run_authored(
-        args.project, args.model, args.cache, synonyms=False)
-    b_rows, wall_b = run_authored(args.project, args.model, args.cache, synonyms=True)
+        params, args.project, args.model, args.cache, synonyms=False)
+    b_rows, wall_b = run_authored(params, args.project, args.model, args.cache, synonyms=True)
     runs = {"A_authored_no_synonyms": a_rows, "B_authored_synonyms": b_rows,
             "C_published_synonyms": read_jsonl(args.project / paths.scores(args.model))}
-    probe = load_params(args.project / "params.yaml").probe
-    result = {"model": args.model, "probe_method": probe.method, "probe_dtype": probe.dtype,
+    result = {"model": args.model, "probe_method": params.probe.method, "probe_dtype": params.probe.dtype,
               "probe_wall_s_A": wall_a, "probe_wall_s_B": wall_b,
               "level_counts": {name: {g: [sum(r["group"] == g and r["level"] == lv for r in rows) for lv in range(5)]
                                       for g in GROUPS} for name, rows in runs.items()},
